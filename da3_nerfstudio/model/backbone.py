@@ -1,0 +1,280 @@
+"""DINOv2 backbone with DA3's alternating per-view / cross-view attention.
+
+Module and parameter names follow the official checkpoint layout
+(``backbone.pretrained.blocks.{i}.attn.qkv`` ...), so a state dict loads without any key mapping.
+Everything is written dtype-agnostic: float64 weights and inputs stay float64 throughout.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from da3_nerfstudio.model.presets import BackboneConfig
+
+REF_VIEW_STRATEGIES = ("first", "middle", "saddle_balanced", "saddle_sim_range")
+#: Reference-view selection only runs for this many views or more (as officially).
+MIN_VIEWS_FOR_REF_SELECTION = 3
+ROPE_BASE = 100.0
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gamma
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, out: int | None = None) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, out or dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class SwiGLUFFN(nn.Module):
+    """ViT-g feed-forward: packed gate+value projection ``w12``, output ``w3``."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        hidden = (int(4 * dim * 2 / 3) + 7) // 8 * 8
+        self.w12 = nn.Linear(dim, 2 * hidden)
+        self.w3 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, value = self.w12(x).chunk(2, dim=-1)
+        return self.w3(F.silu(gate) * value)
+
+
+def rope_2d(t: Tensor, pos: Tensor) -> Tensor:
+    """Rotate q or k (..., N, 64) by 2D positions ``pos`` (N, 2) = (y, x).
+
+    The first half of the head dim encodes y, the second x; within a half, dims k and k + d/4 form a
+    rotation pair (rotate-half layout), with frequencies ``100^(-2k/(d/2))``.
+    """
+    half = t.shape[-1] // 2
+    inv_freq = ROPE_BASE ** (-torch.arange(0, half, 2, dtype=t.dtype, device=t.device) / half)
+    out = []
+    for axis in range(2):
+        angles = pos[:, axis].to(t.dtype)[:, None] * inv_freq[None, :]
+        angles = torch.cat([angles, angles], dim=-1)
+        part = t[..., axis * half : (axis + 1) * half]
+        a, b = part.chunk(2, dim=-1)
+        out.append(part * angles.cos() + torch.cat([-b, a], dim=-1) * angles.sin())
+    return torch.cat(out, dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool = False) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        head_dim = dim // num_heads
+        if qk_norm:
+            self.q_norm = nn.LayerNorm(head_dim, eps=1e-5)
+            self.k_norm = nn.LayerNorm(head_dim, eps=1e-5)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def forward(self, x: Tensor, pos: Tensor | None = None) -> Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if pos is not None:
+            q, k = rope_2d(q, pos), rope_2d(k, pos)
+            # Under autocast the QK-norm returns float32 while v is low precision; SDPA needs one dtype.
+            v = v.to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with LayerScale."""
+
+    def __init__(self, dim: int, num_heads: int, *, eps: float, qk_norm: bool = False, ffn: str = "mlp") -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, num_heads, qk_norm=qk_norm)
+        self.ls1 = LayerScale(dim)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = SwiGLUFFN(dim) if ffn == "swiglu" else Mlp(dim, 4 * dim)
+        self.ls2 = LayerScale(dim)
+
+    def forward(self, x: Tensor, pos: Tensor | None = None) -> Tensor:
+        x = x + self.ls1(self.attn(self.norm1(x), pos))
+        return x + self.ls2(self.mlp(self.norm2(x)))
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, dim: int, patch: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, dim, kernel_size=patch, stride=patch)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+def select_reference_view(cls_tokens: Tensor, strategy: str) -> Tensor:
+    """Index (B,) of the reference view per batch element from the views' cls features (B,S,C)."""
+    b, s, _ = cls_tokens.shape
+    if strategy == "first":
+        return torch.zeros(b, dtype=torch.long, device=cls_tokens.device)
+    if strategy == "middle":
+        return torch.full((b,), s // 2, dtype=torch.long, device=cls_tokens.device)
+    unit = F.normalize(cls_tokens, dim=-1)
+    gram = unit @ unit.transpose(1, 2) - torch.eye(s, dtype=unit.dtype, device=unit.device)
+    if strategy == "saddle_sim_range":
+        return (gram.amax(-1) - gram.amin(-1)).argmax(-1)
+    if strategy != "saddle_balanced":
+        raise ValueError(f"unknown ref_view_strategy {strategy!r}; valid: {', '.join(REF_VIEW_STRATEGIES)}")
+
+    def minmax(m: Tensor) -> Tensor:
+        lo, hi = m.amin(-1, keepdim=True), m.amax(-1, keepdim=True)
+        return (m - lo) / (hi - lo + 1e-8)
+
+    similarity = gram.sum(-1) / (s - 1)
+    norm = cls_tokens.norm(dim=-1)
+    variance = unit.var(dim=-1)
+    score = (minmax(similarity) - 0.5).abs() + (minmax(norm) - 0.5).abs() + (minmax(variance) - 0.5).abs()
+    return score.argmin(-1)
+
+
+def reference_first_order(ref: Tensor, s: int) -> Tensor:
+    """Permutation (B,S) putting view ``ref`` first and keeping the others' relative order."""
+    idx = torch.arange(s, device=ref.device).expand(ref.shape[0], s)
+    others = idx[idx != ref[:, None]].reshape(ref.shape[0], s - 1)
+    return torch.cat([ref[:, None], others], dim=1)
+
+
+def _gather_views(x: Tensor, order: Tensor) -> Tensor:
+    """x (B,S,...) reordered along the view axis per batch element."""
+    index = order.reshape(*order.shape, *([1] * (x.dim() - 2))).expand(*order.shape, *x.shape[2:])
+    return torch.gather(x, 1, index)
+
+
+class DinoVisionTransformer(nn.Module):
+    """The ``backbone.pretrained`` module."""
+
+    def __init__(self, cfg: BackboneConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        dim = cfg.embed_dim
+        self.patch_embed = PatchEmbed(dim, cfg.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        if cfg.anyview:
+            self.camera_token = nn.Parameter(torch.zeros(1, 2, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.pos_grid**2 + 1, dim))
+        self.blocks = nn.ModuleList(
+            Block(dim, cfg.num_heads, eps=1e-6, qk_norm=cfg.anyview and i >= cfg.alt_start, ffn=cfg.ffn)
+            for i in range(cfg.depth)
+        )
+        self.norm = nn.LayerNorm(dim, eps=1e-5)
+
+    def _pos_embed(self, h: int, w: int, dtype: torch.dtype) -> Tensor:
+        """Absolute pos-embed for an h x w patch grid (DINOv2's scale-factor interpolation)."""
+        g = self.cfg.pos_grid
+        if h == g and w == g:
+            return self.pos_embed.to(dtype)
+        cls_pos, grid = self.pos_embed[:, :1], self.pos_embed[:, 1:]
+        grid = grid.reshape(1, g, g, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, scale_factor=((h + 0.1) / g, (w + 0.1) / g), mode="bicubic", align_corners=False)
+        assert grid.shape[-2:] == (h, w)
+        grid = grid.permute(0, 2, 3, 1).reshape(1, h * w, -1)
+        return torch.cat([cls_pos, grid], dim=1).to(dtype)
+
+    def block_is_global(self, i: int) -> bool:
+        return self.cfg.anyview and i >= self.cfg.alt_start and i % 2 == 1
+
+    def forward(
+        self, images: Tensor, camera_tokens: Tensor | None = None, ref_view_strategy: str = "saddle_balanced"
+    ) -> list[tuple[Tensor, Tensor]]:
+        """Run the blocks; returns, per out layer, (patch tokens (B,S,P,C'), camera token (B,S,C')).
+
+        C' is 2C for concatenated (local, global) features, C otherwise. Views reordered for the
+        reference view come back in the caller's order.
+        """
+        cfg = self.cfg
+        b, s, _, height, width = images.shape
+        h, w = patch_grid(height, width, cfg.patch_size)
+        x = self.patch_embed(images.flatten(0, 1))
+        x = torch.cat([self.cls_token.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
+        x = x + self._pos_embed(h, w, x.dtype)
+        n, c = x.shape[1], x.shape[2]
+        x = x.reshape(b, s, n, c)
+
+        local_pos = global_pos = None
+        if cfg.anyview:
+            rows, cols = torch.meshgrid(
+                torch.arange(h, device=x.device), torch.arange(w, device=x.device), indexing="ij"
+            )
+            local_pos = torch.cat(
+                [torch.zeros(1, 2, dtype=torch.long, device=x.device), torch.stack([rows, cols], -1).reshape(-1, 2) + 1]
+            )
+            view_pos = torch.ones_like(local_pos)
+            view_pos[0] = 0
+            global_pos = view_pos.repeat(s, 1)
+
+        order = None
+        local_x = x
+        outputs: list[Tensor] = []
+        for i, block in enumerate(self.blocks):
+            if cfg.anyview and i == cfg.alt_start - 1 and camera_tokens is None and s >= MIN_VIEWS_FOR_REF_SELECTION:
+                order = reference_first_order(select_reference_view(x[:, :, 0], ref_view_strategy), s)
+                x, local_x = _gather_views(x, order), _gather_views(local_x, order)
+            if cfg.anyview and i == cfg.alt_start:
+                x = x.clone()
+                if camera_tokens is not None:
+                    x[:, :, 0] = camera_tokens.to(x.dtype)
+                else:
+                    token = self.camera_token.to(x.dtype)
+                    x[:, :1, 0] = token[:, 0]
+                    x[:, 1:, 0] = token[:, 1]
+            use_rope = cfg.anyview and i >= cfg.alt_start
+            if self.block_is_global(i):
+                x = block(x.reshape(b, s * n, c), global_pos if use_rope else None).reshape(b, s, n, c)
+            else:
+                x = block(x.reshape(b * s, n, c), local_pos if use_rope else None).reshape(b, s, n, c)
+                local_x = x
+            if i in cfg.out_layers:
+                outputs.append(torch.cat([local_x, x], dim=-1) if cfg.cat_token else x)
+
+        results = []
+        for out in outputs:
+            if order is not None:
+                out = _gather_views(out, torch.argsort(order, dim=1))
+            patches = out[:, :, 1:]
+            if cfg.cat_token:
+                patches = torch.cat([patches[..., :c], self.norm(patches[..., c:])], dim=-1)
+            else:
+                patches = self.norm(patches)
+            results.append((patches, out[:, :, 0]))
+        return results
+
+
+class Backbone(nn.Module):
+    """Wrapper whose only child is ``pretrained`` (the official key prefix)."""
+
+    def __init__(self, cfg: BackboneConfig) -> None:
+        super().__init__()
+        self.pretrained = DinoVisionTransformer(cfg)
+
+    def forward(
+        self, images: Tensor, camera_tokens: Tensor | None = None, ref_view_strategy: str = "saddle_balanced"
+    ) -> list[tuple[Tensor, Tensor]]:
+        return self.pretrained(images, camera_tokens, ref_view_strategy)
+
+
+def patch_grid(height: int, width: int, patch: int = 14) -> tuple[int, int]:
+    """Patch grid of an input, which must be a multiple of the patch size."""
+    if height % patch or width % patch:
+        raise ValueError(f"input size {height}x{width} is not a multiple of the patch size {patch}")
+    return height // patch, width // patch
