@@ -1,0 +1,227 @@
+"""COLMAP sparse models (``cameras``, ``images``, ``points3D``), through pycolmap.
+
+COLMAP is the lingua franca of photogrammetry and splatting tools (nerfstudio's ``colmap``
+dataparser, INRIA 3DGS, Postshot, ...), so exporting DA3 cameras and points as a COLMAP model lets
+them all consume the result. pycolmap does the byte-level work, which keeps the files exactly what
+COLMAP itself writes, including the ``rigs``/``frames`` files of COLMAP >= 3.12 (older readers
+ignore them). This module needs pycolmap >= 3.12 (trivial rigs and frames).
+
+Conventions: poses are OpenCV world-to-camera ``[R|t]`` (x right, y down, z forward), intrinsics are
+in pixels with the continuous pixel convention of COLMAP and this project (the centre of the top-left
+pixel is at (0.5, 0.5)), so values pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pycolmap
+
+from da3_nerfstudio.errors import InputError
+
+# Camera models whose parameters are exactly fx, fy, cx, cy (SIMPLE_PINHOLE shares one focal length).
+_PINHOLE_MODELS = ("PINHOLE", "SIMPLE_PINHOLE")
+# Text files of a model that would shadow a freshly written binary one in readers that prefer text.
+_TEXT_MODEL_FILES = ("cameras.txt", "images.txt", "points3D.txt", "rigs.txt", "frames.txt")
+
+Observation = tuple[int, tuple[float, float]]
+"""One sighting of a 3D point: (index of the observing image, (u, v) pixel position)."""
+
+
+@dataclass
+class ColmapModel:
+    """The parts of a COLMAP model the project uses, images in ascending COLMAP image-id order."""
+
+    w2c: np.ndarray  # (N,3,4) float64, OpenCV world-to-camera [R|t]
+    intrinsics: np.ndarray  # (N,3,3) float64, pixels, pixel centres at +0.5
+    image_sizes: list[tuple[int, int]]  # (width, height) per image
+    image_names: list[str]  # image file names relative to the image folder
+    points: np.ndarray  # (M,3) float64, world
+    colors: np.ndarray  # (M,3) uint8
+
+
+def _build_reconstruction(
+    w2c: np.ndarray,
+    intrinsics: np.ndarray,
+    image_sizes: Sequence[tuple[int, int]],
+    image_names: Sequence[str],
+    points: np.ndarray,
+    colors: np.ndarray,
+    observations: Sequence[Sequence[Observation]] | None,
+) -> pycolmap.Reconstruction:
+    """Assemble an in-memory reconstruction: one PINHOLE camera and one trivial rig/frame per image."""
+    n = len(image_names)
+    if w2c.shape not in ((n, 3, 4), (n, 4, 4)):
+        raise ValueError(f"w2c must have shape ({n}, 3, 4), got {w2c.shape}")
+    if intrinsics.shape != (n, 3, 3):
+        raise ValueError(f"intrinsics must have shape ({n}, 3, 3), got {intrinsics.shape}")
+    if len(image_sizes) != n or len(set(image_names)) != n:
+        raise ValueError("need one (width, height) per image and unique image names")
+    rotations = w2c[:, :3, :3]
+    if not np.allclose(rotations @ rotations.transpose(0, 2, 1), np.eye(3), atol=1e-4) or np.any(
+        np.linalg.det(rotations) <= 0
+    ):
+        raise ValueError("w2c rotations must be proper rotation matrices")
+    if np.any(intrinsics[:, 0, 1] != 0):
+        raise ValueError("intrinsics with skew cannot be stored as a COLMAP PINHOLE camera")
+    m = len(points)
+    if points.shape != (m, 3) or colors.shape != (m, 3):
+        raise ValueError(f"points and colors must have shape (M, 3), got {points.shape} and {colors.shape}")
+    if observations is not None and len(observations) != m:
+        raise ValueError(f"observations must have one entry per point ({m}), got {len(observations)}")
+
+    # Keypoints per image, and for every point the (image, keypoint index) pairs of its track.
+    keypoints: list[list[tuple[float, float]]] = [[] for _ in range(n)]
+    tracks: list[list[tuple[int, int]]] = [[] for _ in range(m)]
+    for point_index, sightings in enumerate(observations or ()):
+        for image_index, (u, v) in sightings:
+            if not 0 <= image_index < n:
+                raise ValueError(f"point {point_index} is observed by image {image_index}, but there are {n}")
+            tracks[point_index].append((image_index, len(keypoints[image_index])))
+            keypoints[image_index].append((float(u), float(v)))
+
+    rec = pycolmap.Reconstruction()
+    for i in range(n):
+        width, height = image_sizes[i]
+        k = intrinsics[i]
+        camera = pycolmap.Camera(
+            camera_id=i + 1,
+            model="PINHOLE",
+            width=int(width),
+            height=int(height),
+            params=[k[0, 0], k[1, 1], k[0, 2], k[1, 2]],
+        )
+        rec.add_camera_with_trivial_rig(camera)
+        image = pycolmap.Image(
+            name=str(image_names[i]),
+            keypoints=np.asarray(keypoints[i], dtype=np.float64).reshape(-1, 2),
+            camera_id=i + 1,
+            image_id=i + 1,
+        )
+        rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(np.asarray(w2c[i, :3, :4], np.float64)))
+    for point_index in range(m):
+        track = pycolmap.Track()
+        for image_index, keypoint_index in tracks[point_index]:
+            track.add_element(image_index + 1, keypoint_index)
+        rec.add_point3D(points[point_index], track, colors[point_index])
+    return rec
+
+
+def write_colmap_model(
+    folder: str | os.PathLike[str],
+    w2c: np.ndarray,
+    intrinsics: np.ndarray,
+    image_sizes: Sequence[tuple[int, int]],
+    image_names: Sequence[str],
+    points: np.ndarray,
+    colors: np.ndarray,
+    observations: Sequence[Sequence[Observation]] | None = None,
+) -> None:
+    """Write a binary COLMAP model (one PINHOLE camera per image) into ``folder``.
+
+    Args:
+        folder: Model folder (e.g. ``colmap/sparse/0``); created if needed. Other files in it are kept.
+        w2c: (N,3,4) or (N,4,4) OpenCV world-to-camera poses.
+        intrinsics: (N,3,3) pinhole matrices in pixels (pixel centres at +0.5, as in COLMAP).
+        image_sizes: (width, height) per image.
+        image_names: image file names, relative to the image folder the model will be used with.
+        points: (M,3) world points.
+        colors: (M,3) uint8 point colours.
+        observations: per point, the list of its sightings ``(image_index, (u, v))`` with 0-based
+            image indices into the arrays above; ``None`` writes points without tracks.
+
+    The model is written into a temporary folder inside ``folder`` and each file is then moved into
+    place with :func:`os.replace`, so a failure never leaves a half-written model behind. Stale text
+    files of a previous model (``cameras.txt``...) are removed after the move, because readers that
+    prefer text (nerfstudio's colmap dataparser among them) would otherwise read the old model.
+    """
+    rec = _build_reconstruction(
+        np.asarray(w2c, np.float64),
+        np.asarray(intrinsics, np.float64),
+        image_sizes,
+        image_names,
+        np.asarray(points, np.float64),
+        np.asarray(colors, np.uint8),
+        observations,
+    )
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".colmap-", suffix=".tmp", dir=folder))
+    try:
+        rec.write(tmp)
+        for written in sorted(tmp.iterdir()):
+            os.replace(written, folder / written.name)
+        for name in _TEXT_MODEL_FILES:
+            (folder / name).unlink(missing_ok=True)
+    except BaseException:
+        if created and not any(p != tmp for p in folder.iterdir()):
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _pinhole_matrix(camera: pycolmap.Camera, model_folder: Path) -> np.ndarray:
+    """Pinhole matrix of a camera; distortion of perspective models is dropped with a warning."""
+    if camera.model_name not in _PINHOLE_MODELS:
+        if not camera.is_perspective():
+            raise InputError(
+                f"{model_folder}: camera {camera.camera_id} uses the non-perspective model "
+                f"{camera.model_name}, which is not supported"
+            )
+        distortion = np.asarray(camera.params)[camera.extra_params_idxs()]
+        if np.any(distortion != 0):
+            warnings.warn(
+                f"{model_folder}: camera {camera.camera_id} uses {camera.model_name}; its distortion "
+                f"parameters {distortion.tolist()} are ignored and only fx, fy, cx, cy are used",
+                stacklevel=3,
+            )
+    return np.array(
+        [
+            [camera.focal_length_x, 0.0, camera.principal_point_x],
+            [0.0, camera.focal_length_y, camera.principal_point_y],
+            [0.0, 0.0, 1.0],
+        ]
+    )
+
+
+def read_colmap_model(folder: str | os.PathLike[str]) -> ColmapModel:
+    """Read a COLMAP model (binary preferred, else text) with its registered images in image-id order.
+
+    Cameras with distortion (OPENCV, SIMPLE_RADIAL, ...) are reduced to fx, fy, cx, cy and a
+    :class:`UserWarning` says the distortion is ignored; non-perspective cameras raise
+    :class:`InputError`.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: COLMAP model folder does not exist")
+    for stem in ("cameras", "images", "points3D"):
+        if not (folder / f"{stem}.bin").is_file() and not (folder / f"{stem}.txt").is_file():
+            raise InputError(f"{folder}: not a COLMAP model (no {stem}.bin or {stem}.txt)")
+    try:
+        rec = pycolmap.Reconstruction(folder)
+    except Exception as err:  # pycolmap surfaces corrupt files as assorted C++ exception types
+        message = " ".join(str(err).split())
+        raise InputError(f"{folder}: cannot read COLMAP model ({message})") from err
+    image_ids = sorted(rec.reg_image_ids())
+    if not image_ids:
+        raise InputError(f"{folder}: COLMAP model has no registered images")
+    images = [rec.image(i) for i in image_ids]
+    cameras = [rec.camera(image.camera_id) for image in images]
+    point_ids = sorted(rec.point3D_ids())
+    return ColmapModel(
+        w2c=np.stack([image.cam_from_world().matrix() for image in images]),
+        intrinsics=np.stack([_pinhole_matrix(camera, folder) for camera in cameras]),
+        image_sizes=[(camera.width, camera.height) for camera in cameras],
+        image_names=[image.name for image in images],
+        points=np.array([rec.point3D(p).xyz for p in point_ids], dtype=np.float64).reshape(-1, 3),
+        colors=np.array([rec.point3D(p).color for p in point_ids], dtype=np.uint8).reshape(-1, 3),
+    )

@@ -1,0 +1,252 @@
+"""nerfstudio ``transforms.json`` datasets.
+
+This is the dataset format ``ns-train`` reads through its ``nerfstudio-data`` dataparser: per frame
+an image path, a camera-to-world matrix in **OpenGL/Blender camera axes** (x right, y up, camera
+looking along -z) and pinhole intrinsics in pixels. The project itself works with OpenCV
+world-to-camera poses (x right, y down, z forward), so the conversion lives here, in one place:
+``c2w_gl = inverse(w2c_cv)`` with rotation columns 1 and 2 negated.
+
+Intrinsics are written per frame (DA3 may give every view its own focal length) and use the same
+continuous pixel convention as COLMAP and nerfstudio (the top-left pixel centre is (0.5, 0.5)).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from da3_nerfstudio.errors import InputError
+from da3_nerfstudio.formats.atomic import atomic_write
+
+# Flips the camera y and z axes: OpenCV (y down, z forward) <-> OpenGL (y up, z backward).
+_CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
+_INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h", "camera_angle_x", "camera_angle_y")
+_DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
+# camera_model values of nerfstudio that are not a (possibly distorted) pinhole projection.
+_NON_PERSPECTIVE = {
+    "EQUIRECTANGULAR",
+    "OMNIDIRECTIONALSTEREO_L",
+    "OMNIDIRECTIONALSTEREO_R",
+    "VR180_L",
+    "VR180_R",
+    "ORTHOPHOTO",
+}
+# Tolerance on R^T R = I for a transform_matrix rotation; generous enough for 6-digit JSON floats.
+_ROTATION_TOL = 1e-3
+
+
+def frames_from_cameras(
+    w2c_opencv: np.ndarray,
+    intrinsics: np.ndarray,
+    sizes: Sequence[tuple[int, int]],
+    file_paths: Sequence[str | os.PathLike[str]],
+    depth_paths: Sequence[str | os.PathLike[str]] | None = None,
+) -> list[dict[str, Any]]:
+    """Turn OpenCV world-to-camera cameras into ``transforms.json`` frame dicts.
+
+    Args:
+        w2c_opencv: (N,3,4) or (N,4,4) OpenCV world-to-camera poses.
+        intrinsics: (N,3,3) pinhole matrices in pixels, for images of the given sizes.
+        sizes: (width, height) of each written image.
+        file_paths: image paths relative to the folder of ``transforms.json``.
+        depth_paths: optional depth-map paths, relative like ``file_paths``.
+    """
+    w2c_opencv = np.asarray(w2c_opencv, dtype=np.float64)
+    intrinsics = np.asarray(intrinsics, dtype=np.float64)
+    n = len(file_paths)
+    if w2c_opencv.shape not in ((n, 3, 4), (n, 4, 4)):
+        raise ValueError(f"w2c_opencv must have shape ({n}, 3, 4) or ({n}, 4, 4), got {w2c_opencv.shape}")
+    if intrinsics.shape != (n, 3, 3) or len(sizes) != n:
+        raise ValueError(f"need ({n}, 3, 3) intrinsics and {n} sizes, got {intrinsics.shape}, {len(sizes)}")
+    if np.any(intrinsics[:, 0, 1] != 0):
+        raise ValueError("intrinsics with skew cannot be stored in transforms.json")
+    if depth_paths is not None and len(depth_paths) != n:
+        raise ValueError(f"need {n} depth paths, got {len(depth_paths)}")
+    w2c = np.tile(np.eye(4), (n, 1, 1))
+    w2c[:, :3, :4] = w2c_opencv[:, :3, :4]
+    c2w_gl = np.linalg.inv(w2c) @ _CV_TO_GL
+    frames = []
+    for i in range(n):
+        k = intrinsics[i]
+        width, height = sizes[i]
+        frame: dict[str, Any] = {
+            "file_path": Path(file_paths[i]).as_posix(),
+            "transform_matrix": c2w_gl[i].tolist(),
+            "fl_x": float(k[0, 0]),
+            "fl_y": float(k[1, 1]),
+            "cx": float(k[0, 2]),
+            "cy": float(k[1, 2]),
+            "w": int(width),
+            "h": int(height),
+        }
+        if depth_paths is not None:
+            frame["depth_file_path"] = Path(depth_paths[i]).as_posix()
+        frames.append(frame)
+    return frames
+
+
+def _to_json(value: Any) -> Any:
+    """``json.dump`` fallback for numpy values and paths that callers put into frames or ``extra``."""
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return Path(value).as_posix()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def write_transforms_json(
+    path: str | os.PathLike[str],
+    frames: Sequence[dict[str, Any]],
+    *,
+    ply_file_path: str | os.PathLike[str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write a PINHOLE ``transforms.json`` atomically.
+
+    Args:
+        path: output file, usually ``<dataset>/transforms.json``.
+        frames: frame dicts, e.g. from :func:`frames_from_cameras`.
+        ply_file_path: seed point cloud, relative to the dataset folder, in the same world frame as the
+            frames (nerfstudio applies only its own orientation/scale to it).
+        extra: additional top-level keys (e.g. ``applied_transform``); they may not replace
+            ``camera_model``, ``frames`` or ``ply_file_path``.
+    """
+    meta: dict[str, Any] = {"camera_model": "PINHOLE", "frames": list(frames)}
+    if ply_file_path is not None:
+        meta["ply_file_path"] = Path(ply_file_path).as_posix()
+    clash = sorted(set(extra or {}) & {"camera_model", "frames", "ply_file_path"})
+    if clash:
+        raise ValueError(f"extra may not set {', '.join(clash)}")
+    meta.update(extra or {})
+    with atomic_write(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=2, default=_to_json)
+            f.write("\n")
+
+
+def _number(path: Path, where: str, key: str, value: Any) -> float:
+    """A finite float from a JSON value, or :class:`InputError`."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InputError(f"{path}: {where}: {key} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _image_size(path: Path, where: str, file_path: str) -> tuple[int, int]:
+    """Size of a frame's image, for Blender-style files that give no ``w``/``h``."""
+    image_path = path.parent / file_path
+    if not image_path.suffix and not image_path.exists():
+        image_path = image_path.with_name(image_path.name + ".png")  # NeRF-synthetic omits ".png"
+    try:
+        with Image.open(image_path) as image:
+            return image.size
+    except (OSError, UnidentifiedImageError) as err:
+        raise InputError(f"{path}: {where}: no w/h and image {image_path} cannot be read ({err})") from err
+
+
+def _frame_camera(
+    path: Path, index: int, frame: dict[str, Any], defaults: dict[str, Any]
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Intrinsic matrix and (width, height) of one frame; per-frame keys override top-level ones."""
+    where = f"frame {index}"
+    values = {**defaults, **{k: frame[k] for k in _INTRINSIC_KEYS if k in frame}}
+    if "w" in values and "h" in values:
+        width, height = (_number(path, where, k, values[k]) for k in ("w", "h"))
+    else:
+        width, height = _image_size(path, where, frame["file_path"])
+    if width <= 0 or height <= 0 or width != int(width) or height != int(height):
+        raise InputError(f"{path}: {where}: image size must be positive integers, got {width} x {height}")
+    if "fl_x" in values:
+        fx = _number(path, where, "fl_x", values["fl_x"])
+    elif "camera_angle_x" in values:
+        fx = 0.5 * width / math.tan(0.5 * _number(path, where, "camera_angle_x", values["camera_angle_x"]))
+    else:
+        raise InputError(f"{path}: {where}: no focal length (fl_x or camera_angle_x)")
+    if "fl_y" in values:
+        fy = _number(path, where, "fl_y", values["fl_y"])
+    elif "camera_angle_y" in values:
+        fy = 0.5 * height / math.tan(0.5 * _number(path, where, "camera_angle_y", values["camera_angle_y"]))
+    else:
+        fy = fx
+    if fx <= 0 or fy <= 0:
+        raise InputError(f"{path}: {where}: focal lengths must be positive, got {fx}, {fy}")
+    cx = _number(path, where, "cx", values["cx"]) if "cx" in values else width / 2
+    cy = _number(path, where, "cy", values["cy"]) if "cy" in values else height / 2
+    return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]]), (int(width), int(height))
+
+
+def _frame_w2c(path: Path, index: int, frame: dict[str, Any]) -> np.ndarray:
+    """OpenCV world-to-camera matrix of one frame, after checking its ``transform_matrix``."""
+    where = f"frame {index}"
+    try:
+        c2w_gl = np.array(frame["transform_matrix"], dtype=np.float64)
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(f"{path}: {where}: missing or non-numeric transform_matrix") from err
+    if c2w_gl.shape != (4, 4):
+        raise InputError(f"{path}: {where}: transform_matrix must be 4x4, got shape {c2w_gl.shape}")
+    if not np.all(np.isfinite(c2w_gl)):
+        raise InputError(f"{path}: {where}: transform_matrix has non-finite values")
+    rotation = c2w_gl[:3, :3]
+    if (
+        not np.allclose(rotation.T @ rotation, np.eye(3), atol=_ROTATION_TOL)
+        or np.linalg.det(rotation) <= 0
+        or not np.allclose(c2w_gl[3], [0, 0, 0, 1], atol=_ROTATION_TOL)
+    ):
+        raise InputError(f"{path}: {where}: transform_matrix is not a rigid pose (degenerate rotation)")
+    # A true inverse rather than R^T: float32-sourced rotations are only orthonormal to ~1e-7, and the
+    # reader must give back exactly the w2c that frames_from_cameras inverted.
+    return np.linalg.inv(c2w_gl @ _CV_TO_GL)
+
+
+def read_transforms_json(
+    path: str | os.PathLike[str],
+) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]], list[str]]:
+    """Read a ``transforms.json`` as ``(w2c_opencv (N,4,4), intrinsics (N,3,3), sizes [(W,H)], file_paths)``.
+
+    Frames are returned in file order (nerfstudio itself sorts them by file name). Intrinsics may be
+    per frame or top level, as ``fl_x/fl_y/cx/cy/w/h`` or Blender-style ``camera_angle_x``; missing
+    ``w``/``h`` are read from the images, missing ``cx``/``cy`` default to the image centre.
+    Distortion coefficients are ignored with a warning.
+    """
+    path = Path(path)
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise InputError(f"{path}: file does not exist") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: cannot read file ({err})") from err
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(meta, dict):
+        raise InputError(f"{path}: expected a JSON object with a 'frames' list")
+    frames = meta.get("frames")
+    if not isinstance(frames, list) or not frames:
+        raise InputError(f"{path}: no 'frames' list, or it is empty")
+    camera_model = meta.get("camera_model", "OPENCV")
+    if camera_model in _NON_PERSPECTIVE:
+        raise InputError(f"{path}: camera_model {camera_model} is not a pinhole camera and is not supported")
+    defaults = {k: meta[k] for k in _INTRINSIC_KEYS if k in meta}
+    w2c, intrinsics, sizes, file_paths, distorted = [], [], [], [], []
+    for index, frame in enumerate(frames):
+        if not isinstance(frame, dict) or not isinstance(frame.get("file_path"), str):
+            raise InputError(f"{path}: frame {index}: expected an object with a 'file_path' string")
+        if any(frame.get(k, meta.get(k, 0)) != 0 for k in _DISTORTION_KEYS):
+            distorted.append(index)
+        w2c.append(_frame_w2c(path, index, frame))
+        k, size = _frame_camera(path, index, frame, defaults)
+        intrinsics.append(k)
+        sizes.append(size)
+        file_paths.append(frame["file_path"])
+    if distorted:
+        warnings.warn(
+            f"{path}: lens distortion of {len(distorted)} frame(s) is ignored (pinhole fl/cx/cy used)",
+            stacklevel=2,
+        )
+    return np.stack(w2c), np.stack(intrinsics), sizes, file_paths
