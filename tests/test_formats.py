@@ -90,9 +90,7 @@ def test_point_cloud_round_trip_is_bit_exact(tmp_path: Path, with_confidence: bo
     vertex = raw["vertex"]
     expected = ["x", "y", "z", "red", "green", "blue"] + (["confidence"] if with_confidence else [])
     assert [p.name for p in vertex.properties] == expected
-    assert [vertex.data.dtype[p].str for p in expected] == ["<f4"] * 3 + ["|u1"] * 3 + [
-        "<f4"
-    ] * with_confidence
+    assert [vertex.data.dtype[p].str for p in expected] == ["<f4"] * 3 + ["|u1"] * 3 + ["<f4"] * with_confidence
     np.testing.assert_array_equal(np.stack([vertex["x"], vertex["y"], vertex["z"]], 1), points)
 
     got_points, got_colors, got_confidence = read_point_cloud_ply(path)
@@ -120,9 +118,7 @@ def test_ascii_ply_with_float_colours_extra_properties_and_faces(tmp_path: Path)
     )
     faces = np.array([([0, 1, 1],)], dtype=[("vertex_indices", "i4", (3,))])
     path = tmp_path / "ascii.ply"
-    PlyData([PlyElement.describe(vertices, "vertex"), PlyElement.describe(faces, "face")], text=True).write(
-        str(path)
-    )
+    PlyData([PlyElement.describe(vertices, "vertex"), PlyElement.describe(faces, "face")], text=True).write(str(path))
     assert path.read_bytes().startswith(b"ply\nformat ascii 1.0")
 
     points, colors, confidence = read_point_cloud_ply(path)
@@ -401,9 +397,7 @@ def test_colmap_room_ground_truth_round_trip(tmp_path: Path, room: dict[str, np.
     observations = [[(0, (u, v))] for u, v in uv]
     names = [f"{i}.png" for i in range(n)]
     colors = np.full((len(points), 3), 200, np.uint8)
-    write_colmap_model(
-        tmp_path, w2c, room["intrinsics"], [(width, height)] * n, names, points, colors, observations
-    )
+    write_colmap_model(tmp_path, w2c, room["intrinsics"], [(width, height)] * n, names, points, colors, observations)
 
     rec = pycolmap.Reconstruction(tmp_path)
     images = {image.name: image for image in rec.images.values()}
@@ -519,9 +513,7 @@ def test_transforms_round_trip_with_room_ground_truth(tmp_path: Path, room: dict
     depths = [f"depths/frame_{i:05d}.npy" for i in range(n)]
     frames = frames_from_cameras(w2c, room["intrinsics"], [(width, height)] * n, files, depths)
     path = tmp_path / "transforms.json"
-    write_transforms_json(
-        path, frames, ply_file_path="sparse_pc.ply", extra={"applied_transform": np.eye(4)[:3]}
-    )
+    write_transforms_json(path, frames, ply_file_path="sparse_pc.ply", extra={"applied_transform": np.eye(4)[:3]})
 
     meta = json.loads(path.read_text())
     assert meta["camera_model"] == "PINHOLE" and meta["ply_file_path"] == "sparse_pc.ply"
@@ -653,9 +645,7 @@ def test_nerfstudio_dataparser_loads_written_dataset(tmp_path: Path, room: dict[
     outputs = config.setup().get_dataparser_outputs("train")
 
     assert [Path(f).relative_to(tmp_path).as_posix() for f in outputs.image_filenames] == files
-    assert [
-        Path(f).relative_to(tmp_path).as_posix() for f in outputs.metadata["depth_filenames"]
-    ] == depth_files
+    assert [Path(f).relative_to(tmp_path).as_posix() for f in outputs.metadata["depth_filenames"]] == depth_files
     cameras = outputs.cameras
     np.testing.assert_allclose(cameras.fx.numpy()[:, 0], room["intrinsics"][:, 0, 0], rtol=1e-6)
     np.testing.assert_allclose(cameras.fy.numpy()[:, 0], room["intrinsics"][:, 1, 1], rtol=1e-6)
@@ -675,3 +665,30 @@ def test_nerfstudio_dataparser_loads_written_dataset(tmp_path: Path, room: dict[
     np.testing.assert_allclose(outputs.metadata["points3D_xyz"].numpy(), expected_points, atol=1e-5)
     rgb = outputs.metadata["points3D_rgb"].numpy().astype(int)
     assert np.all((colors.astype(int) - rgb >= 0) & (colors.astype(int) - rgb <= 1))
+
+
+def test_colmap_model_is_read_by_nerfstudio_colmap_reader(tmp_path: Path) -> None:
+    """nerfstudio's ``colmap`` dataparser has its own binary reader; it must see the same model."""
+    from nerfstudio.data.utils.colmap_parsing_utils import qvec2rotmat, read_model
+
+    rng = np.random.default_rng(12)
+    w2c = np.stack([_look_at_w2c(rng.normal(size=3) * 3 + [0, 0, -5], np.zeros(3), rng) for _ in range(3)])
+    k = np.array([[300.0, 0, 160.5], [0, 310.0, 120.25], [0, 0, 1]])
+    points = rng.normal(size=(20, 3))
+    colors = rng.integers(0, 256, size=(20, 3), dtype=np.uint8)
+    observations = [[(i % 3, (float(i), float(2 * i)))] for i in range(20)]
+    names = ["a.png", "b.png", "c.png"]
+    write_colmap_model(tmp_path, w2c, np.stack([k] * 3), [(320, 240)] * 3, names, points, colors, observations)
+
+    cameras, images, points3d = read_model(str(tmp_path), ".bin")
+    for image in images.values():
+        i = names.index(image.name)
+        assert cameras[image.camera_id].model == "PINHOLE"
+        np.testing.assert_array_equal(cameras[image.camera_id].params, [300.0, 310.0, 160.5, 120.25])
+        np.testing.assert_allclose(qvec2rotmat(image.qvec), w2c[i, :, :3], atol=1e-12)
+        np.testing.assert_allclose(image.tvec, w2c[i, :, 3], atol=1e-12)
+    got = sorted(
+        (tuple(p.xyz), tuple(p.rgb), tuple(images[p.image_ids[0]].xys[p.point2D_idxs[0]])) for p in points3d.values()
+    )
+    want = sorted((tuple(p), tuple(c), obs[0][1]) for p, c, obs in zip(points, colors, observations, strict=True))
+    assert got == want
