@@ -1,0 +1,206 @@
+"""Gaussian splats: native GAUSSIAN_SPLAT point clouds on Blender 5.3+, ellipsoids on 4.2-5.2.
+
+The ellipsoid path instances an ico sphere per splat (geometry nodes, left unrealised so Cycles
+instances it cheaply), scaled to ``EXTENT_SIGMA`` standard deviations along the splat axes. Its material
+fades alpha with a Gaussian in the silhouette radius: on a unit sphere seen along I, a surface point with
+normal N lies at projected radius sqrt(1 - (N.I)^2), so alpha = opacity * exp(-0.5 k^2 (1 - (N.I)^2)).
+"""
+
+from __future__ import annotations
+
+import bpy
+import numpy as np
+
+from .build_common import has_native_point_cloud_resize, set_attribute, srgb_to_linear
+from .build_points import COLOR_ATTRIBUTE, modifier_input, new_point_object, set_active_color
+from .scene_data import SplatData
+
+SH_C0 = 0.28209479177387814  # Y_0^0: 3DGS colour = SH_C0 * f_dc + 0.5 (before any sRGB decoding)
+EXTENT_SIGMA = 3.0
+SPLAT_GROUP = "DA3 Splat Ellipsoids"
+SPLAT_MATERIAL = "DA3 Splat"
+MODIFIER_NAME = "DA3 Splats"
+MIN_OPACITY_INPUT = "Min Opacity"
+_GROUP_VERSION = 1
+
+
+def activated(splats: SplatData) -> dict[str, np.ndarray]:
+    """Rendering-space values: exp(scale), normalised wxyz rotation, sigmoid(opacity), base colour."""
+    rot = splats.rotations.astype(np.float32)
+    norm = np.linalg.norm(rot, axis=1, keepdims=True)
+    rot = np.where(norm > 0, rot / np.maximum(norm, 1e-12), np.array([1, 0, 0, 0], np.float32))
+    opacity = (1.0 / (1.0 + np.exp(-splats.opacity_logit.astype(np.float64)))).astype(np.float32)
+    return {
+        "scale": np.exp(splats.scales_log.astype(np.float32)),
+        "rotation": rot,
+        "opacity": opacity,
+        "color_srgb": np.clip(SH_C0 * splats.sh_dc + 0.5, 0.0, 1.0).astype(np.float32),
+    }
+
+
+def create_splats(
+    name: str, splats: SplatData, collection: bpy.types.Collection, root: bpy.types.Object
+) -> bpy.types.Object:
+    """Splat object under ``root``: native on 5.3+, otherwise geometry-nodes ellipsoids."""
+    act = activated(splats)
+    if has_native_point_cloud_resize():
+        obj = _native(name, splats, act, collection)
+    else:
+        obj = _ellipsoids(name, splats, act, collection)
+    obj.parent = root
+    return obj
+
+
+def _native(name: str, splats: SplatData, act: dict, collection: bpy.types.Collection) -> bpy.types.Object:
+    """Blender 5.3 layout: ``radiance:base`` = (f_dc, sigmoid(opacity)), activated scale, unit wxyz
+    ``rotation`` and ``radiance:sh_k`` = (R, G, B) of rest coefficient k."""
+    data = bpy.data.pointclouds.new(name)
+    data.resize(len(splats.means))
+    data.type = "GAUSSIAN_SPLAT"
+    set_attribute(data, "position", "FLOAT_VECTOR", splats.means)
+    set_attribute(data, "radiance:base", "FLOAT4", np.concatenate([splats.sh_dc, act["opacity"][:, None]], 1))
+    set_attribute(data, "scale", "FLOAT_VECTOR", act["scale"])
+    set_attribute(data, "rotation", "QUATERNION", act["rotation"])
+    for k in range(splats.sh_rest.shape[1]):
+        set_attribute(data, f"radiance:sh_{k}", "FLOAT_VECTOR", splats.sh_rest[:, k])
+    obj = bpy.data.objects.new(name, data)
+    collection.objects.link(obj)
+    return obj
+
+
+def _ellipsoids(name: str, splats: SplatData, act: dict, collection: bpy.types.Collection) -> bpy.types.Object:
+    """Points carrying activated values (what the material reads) and raw SH (for later upgrades)."""
+    n = len(splats.means)
+    rgba = np.ones((n, 4), dtype=np.float32)
+    rgba[:, :3] = srgb_to_linear(act["color_srgb"])
+    attributes = [
+        ("scale", "FLOAT_VECTOR", act["scale"]),
+        ("rotation", "QUATERNION", act["rotation"]),
+        ("opacity", "FLOAT", act["opacity"]),
+        (COLOR_ATTRIBUTE, "FLOAT_COLOR", rgba),
+        ("f_dc", "FLOAT_VECTOR", splats.sh_dc),
+    ]
+    attributes += [(f"sh_rest_{k}", "FLOAT_VECTOR", splats.sh_rest[:, k]) for k in range(splats.sh_rest.shape[1])]
+    obj = new_point_object(name, splats.means, attributes, collection)
+    set_active_color(obj.data, COLOR_ATTRIBUTE)
+    mat = splat_material()
+    obj.data.materials.append(mat)
+    mod = obj.modifiers.new(MODIFIER_NAME, "NODES")
+    mod.node_group = splat_node_group()
+    mod[modifier_input(obj, MODIFIER_NAME, "Material")] = mat
+    return obj
+
+
+def splat_node_group() -> bpy.types.NodeTree:
+    """Geometry nodes: points -> ico-sphere instances rotated by ``rotation`` and scaled by k * ``scale``."""
+    group = bpy.data.node_groups.get(SPLAT_GROUP)
+    if group is not None and group.get("da3_version") == _GROUP_VERSION:
+        return group
+    group = bpy.data.node_groups.new(SPLAT_GROUP, "GeometryNodeTree")
+    group["da3_version"] = _GROUP_VERSION
+    iface = group.interface
+    iface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
+    min_opacity = iface.new_socket(MIN_OPACITY_INPUT, in_out="INPUT", socket_type="NodeSocketFloat")
+    min_opacity.default_value, min_opacity.min_value, min_opacity.max_value = 0.02, 0.0, 1.0
+    iface.new_socket("Material", in_out="INPUT", socket_type="NodeSocketMaterial")
+    iface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+    nodes, link = group.nodes, group.links.new
+    g_in, g_out = nodes.new("NodeGroupInput"), nodes.new("NodeGroupOutput")
+    to_points = nodes.new("GeometryNodeMeshToPoints")
+    separate = nodes.new("GeometryNodeSeparateComponents")
+    join = nodes.new("GeometryNodeJoinGeometry")
+    opacity = nodes.new("GeometryNodeInputNamedAttribute")
+    opacity.data_type = "FLOAT"
+    opacity.inputs["Name"].default_value = "opacity"
+    faint = nodes.new("FunctionNodeCompare")
+    faint.data_type, faint.operation = "FLOAT", "LESS_THAN"
+    delete = nodes.new("GeometryNodeDeleteGeometry")
+    delete.domain = "POINT"
+    sphere = nodes.new("GeometryNodeMeshIcoSphere")
+    sphere.inputs["Radius"].default_value = 1.0
+    sphere.inputs["Subdivisions"].default_value = 2
+    set_material = nodes.new("GeometryNodeSetMaterial")
+    rotation = nodes.new("GeometryNodeInputNamedAttribute")
+    rotation.data_type = "QUATERNION"
+    rotation.inputs["Name"].default_value = "rotation"
+    scale = nodes.new("GeometryNodeInputNamedAttribute")
+    scale.data_type = "FLOAT_VECTOR"
+    scale.inputs["Name"].default_value = "scale"
+    extent = nodes.new("ShaderNodeVectorMath")
+    extent.operation = "SCALE"
+    extent.inputs["Scale"].default_value = EXTENT_SIGMA
+    instance = nodes.new("GeometryNodeInstanceOnPoints")
+    link(g_in.outputs[0], to_points.inputs["Mesh"])
+    link(g_in.outputs[0], separate.inputs[0])
+    link(to_points.outputs[0], join.inputs[0])
+    link(separate.outputs["Point Cloud"], join.inputs[0])
+    link(opacity.outputs["Attribute"], faint.inputs[0])
+    link(g_in.outputs[MIN_OPACITY_INPUT], faint.inputs[1])
+    link(join.outputs[0], delete.inputs["Geometry"])
+    link(faint.outputs[0], delete.inputs["Selection"])
+    link(sphere.outputs["Mesh"], set_material.inputs["Geometry"])
+    link(g_in.outputs["Material"], set_material.inputs["Material"])
+    link(scale.outputs["Attribute"], extent.inputs[0])
+    link(delete.outputs[0], instance.inputs["Points"])
+    link(set_material.outputs[0], instance.inputs["Instance"])
+    link(rotation.outputs["Attribute"], instance.inputs["Rotation"])
+    link(extent.outputs["Vector"], instance.inputs["Scale"])
+    link(instance.outputs[0], g_out.inputs[0])
+    return group
+
+
+def splat_material() -> bpy.types.Material:
+    """Emission of the splat colour, mixed with transparency by opacity times the Gaussian falloff.
+
+    Per-splat values come from the instancer (the point the ellipsoid was instanced on); back faces
+    are transparent so each splat is counted once.
+    """
+    mat = bpy.data.materials.get(SPLAT_MATERIAL)
+    if mat is not None:
+        return mat
+    mat = bpy.data.materials.new(SPLAT_MATERIAL)
+    if bpy.app.version < (5, 0, 0):
+        mat.use_nodes = True
+    mat.use_backface_culling = True
+    if "surface_render_method" in mat.bl_rna.properties:
+        mat.surface_render_method = "DITHERED"
+    else:
+        mat.blend_method = "HASHED"
+    tree = mat.node_tree
+    tree.nodes.clear()
+    nodes, link = tree.nodes, tree.links.new
+
+    def math(op: str, a: object, b: object = None) -> bpy.types.Node:
+        node = nodes.new("ShaderNodeMath")
+        node.operation = op
+        for socket, value in zip(node.inputs, (a, b), strict=False):
+            if isinstance(value, bpy.types.NodeSocket):
+                link(value, socket)
+            elif value is not None:
+                socket.default_value = value
+        return node
+
+    color = nodes.new("ShaderNodeAttribute")
+    color.attribute_type, color.attribute_name = "INSTANCER", COLOR_ATTRIBUTE
+    opacity = nodes.new("ShaderNodeAttribute")
+    opacity.attribute_type, opacity.attribute_name = "INSTANCER", "opacity"
+    geometry = nodes.new("ShaderNodeNewGeometry")
+    facing = nodes.new("ShaderNodeVectorMath")
+    facing.operation = "DOT_PRODUCT"
+    link(geometry.outputs["Normal"], facing.inputs[0])
+    link(geometry.outputs["Incoming"], facing.inputs[1])
+    cos2 = math("MULTIPLY", facing.outputs["Value"], facing.outputs["Value"])
+    radius2 = math("SUBTRACT", 1.0, cos2.outputs[0])
+    falloff = math("EXPONENT", math("MULTIPLY", radius2.outputs[0], -0.5 * EXTENT_SIGMA**2).outputs[0])
+    front = math("SUBTRACT", 1.0, geometry.outputs["Backfacing"])
+    alpha = math("MULTIPLY", math("MULTIPLY", falloff.outputs[0], opacity.outputs["Fac"]).outputs[0], front.outputs[0])
+    emission = nodes.new("ShaderNodeEmission")
+    link(color.outputs["Color"], emission.inputs["Color"])
+    transparent = nodes.new("ShaderNodeBsdfTransparent")
+    mix = nodes.new("ShaderNodeMixShader")
+    link(alpha.outputs[0], mix.inputs["Fac"])
+    link(transparent.outputs[0], mix.inputs[1])
+    link(emission.outputs[0], mix.inputs[2])
+    out = nodes.new("ShaderNodeOutputMaterial")
+    link(mix.outputs[0], out.inputs["Surface"])
+    return mat

@@ -1,0 +1,210 @@
+"""PLY reading with numpy only.
+
+Blender's Python has numpy but not plyfile, and 3DGS files hold millions of vertices with 60 properties,
+so the vertex element is read with a single structured-dtype ``np.fromfile`` (binary) instead of per-row
+Python code. ASCII files are supported for small hand-made clouds.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .scene_data import PointData, SplatData
+
+_SCALAR_TYPES = {
+    "char": "i1",
+    "int8": "i1",
+    "uchar": "u1",
+    "uint8": "u1",
+    "short": "i2",
+    "int16": "i2",
+    "ushort": "u2",
+    "uint16": "u2",
+    "int": "i4",
+    "int32": "i4",
+    "uint": "u4",
+    "uint32": "u4",
+    "float": "f4",
+    "float32": "f4",
+    "double": "f8",
+    "float64": "f8",
+}
+_FORMATS = {"ascii": "", "binary_little_endian": "<", "binary_big_endian": ">"}
+_MAX_HEADER = 1 << 20
+
+
+@dataclass
+class _Element:
+    name: str
+    count: int
+    properties: list[tuple[str, str]]  # (name, numpy type code); list properties have code "list"
+
+
+def _parse_header(path: Path) -> tuple[str, list[_Element], int]:
+    """Return (format, elements, byte offset of the body)."""
+    with open(path, "rb") as f:
+        head = f.read(_MAX_HEADER)
+    if not head.startswith(b"ply"):
+        raise InputError(f"{path}: not a PLY file (it does not start with 'ply')")
+    end = head.find(b"end_header")
+    if end < 0:
+        raise InputError(f"{path}: PLY header has no 'end_header' line (truncated or not a PLY file)")
+    newline = head.find(b"\n", end)
+    if newline < 0:
+        raise InputError(f"{path}: PLY header is truncated after 'end_header'")
+    fmt = ""
+    elements: list[_Element] = []
+    for raw in head[:end].decode("ascii", errors="replace").splitlines()[1:]:
+        words = raw.split()
+        if not words or words[0] in ("comment", "obj_info"):
+            continue
+        try:
+            if words[0] == "format":
+                fmt = words[1]
+            elif words[0] == "element":
+                elements.append(_Element(words[1], int(words[2]), []))
+            elif words[0] == "property" and words[1] == "list":
+                elements[-1].properties.append((words[4], "list"))
+            elif words[0] == "property":
+                elements[-1].properties.append((words[2], _SCALAR_TYPES[words[1]]))
+            else:
+                raise InputError(f"{path}: unexpected PLY header line {raw.strip()!r}")
+        except (IndexError, ValueError, KeyError) as exc:
+            raise InputError(f"{path}: malformed PLY header line {raw.strip()!r}") from exc
+    if fmt not in _FORMATS:
+        raise InputError(f"{path}: unsupported PLY format {fmt!r} (expected ascii or binary)")
+    return fmt, elements, newline + 1
+
+
+def read_ply_vertices(path: str | os.PathLike) -> np.ndarray:
+    """Read the ``vertex`` element of a PLY file as a structured array (field names = PLY properties)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    fmt, elements, offset = _parse_header(path)
+    names = [e.name for e in elements]
+    if "vertex" not in names:
+        raise InputError(f"{path}: PLY has no 'vertex' element")
+    index = names.index("vertex")
+    vertex = elements[index]
+    if any(code == "list" for _, code in vertex.properties):
+        raise InputError(f"{path}: PLY vertex element has list properties, which are not supported")
+    if len({n for n, _ in vertex.properties}) != len(vertex.properties):
+        raise InputError(f"{path}: PLY vertex element repeats a property name")
+    endian = _FORMATS[fmt]
+    dtype = np.dtype([(n, endian + code) for n, code in vertex.properties])
+    if fmt == "ascii":
+        return _read_ascii(path, offset, elements, index, dtype)
+    for before in elements[:index]:
+        if any(code == "list" for _, code in before.properties):
+            raise InputError(f"{path}: PLY element {before.name!r} with list properties precedes 'vertex'")
+        offset += before.count * np.dtype([(n, endian + c) for n, c in before.properties]).itemsize
+    needed = vertex.count * dtype.itemsize
+    available = path.stat().st_size - offset
+    if available < needed:
+        raise InputError(
+            f"{path}: truncated PLY: {vertex.count} vertices need {needed} bytes, only {max(available, 0)} present"
+        )
+    return np.fromfile(path, dtype=dtype, count=vertex.count, offset=offset)
+
+
+def _read_ascii(path: Path, offset: int, elements: list[_Element], index: int, dtype: np.dtype) -> np.ndarray:
+    """ASCII body: one line per element instance, so earlier elements are skipped line by line."""
+    skip = sum(e.count for e in elements[:index])
+    count = elements[index].count
+    with open(path, "rb") as f:
+        f.seek(offset)
+        lines = f.read().decode("ascii", errors="replace").splitlines()
+    rows = [line for line in lines if line.strip()][skip : skip + count]
+    values = " ".join(rows).split()
+    width = len(dtype.names)
+    if len(rows) < count or len(values) != count * width:
+        raise InputError(f"{path}: truncated ASCII PLY: expected {count} vertex rows of {width} values")
+    try:
+        table = np.asarray(values, dtype=np.float64).reshape(count, width)
+    except ValueError as exc:
+        raise InputError(f"{path}: ASCII PLY vertex rows contain non-numeric values") from exc
+    out = np.empty(count, dtype=dtype.newbyteorder("="))
+    for k, name in enumerate(dtype.names):
+        out[name] = table[:, k]
+    return out
+
+
+def _field(vertices: np.ndarray, name: str) -> np.ndarray:
+    return np.asarray(vertices[name], dtype=np.float32)
+
+
+def _colors(vertices: np.ndarray) -> np.ndarray | None:
+    """sRGB colours in [0, 1]: integer channels are scaled by their type's maximum, floats kept."""
+    names = vertices.dtype.names
+    for keys in (("red", "green", "blue"), ("r", "g", "b"), ("diffuse_red", "diffuse_green", "diffuse_blue")):
+        if all(k in names for k in keys):
+            channels = [vertices[k] for k in keys]
+            kind = vertices.dtype[keys[0]]
+            scale = float(np.iinfo(kind).max) if kind.kind in "ui" else 1.0
+            return np.stack(channels, axis=1).astype(np.float32) / np.float32(scale)
+    return None
+
+
+def read_point_cloud_ply(path: str | os.PathLike) -> PointData:
+    """Positions, colours and confidence (``confidence``/``conf``/``quality``) from a point-cloud PLY."""
+    vertices = read_ply_vertices(path)
+    names = vertices.dtype.names
+    missing = [k for k in ("x", "y", "z") if k not in names]
+    if missing:
+        raise InputError(f"{path}: PLY vertices lack coordinate properties {missing}")
+    if len(vertices) == 0:
+        raise InputError(f"{path}: PLY contains no points")
+    positions = np.stack([_field(vertices, k) for k in ("x", "y", "z")], axis=1)
+    confidence = next((_field(vertices, k) for k in ("confidence", "conf", "quality") if k in names), None)
+    return PointData(positions=positions, colors=_colors(vertices), confidence=confidence)
+
+
+_SPLAT_REQUIRED = (
+    ["x", "y", "z", "opacity"]
+    + [f"f_dc_{i}" for i in range(3)]
+    + [f"scale_{i}" for i in range(3)]
+    + [f"rot_{i}" for i in range(4)]
+)
+
+
+def read_splat_ply(path: str | os.PathLike) -> SplatData:
+    """Raw 3DGS attributes from an INRIA-layout PLY (SH degree 0-3; extra properties are ignored).
+
+    ``f_rest`` is stored channel-major (all red coefficients, then green, then blue), so it is reshaped
+    to (N, 3, K) and transposed to (N, K, 3).
+    """
+    vertices = read_ply_vertices(path)
+    names = set(vertices.dtype.names)
+    missing = [k for k in _SPLAT_REQUIRED if k not in names]
+    if missing:
+        raise InputError(
+            f"{path}: not a 3D Gaussian splatting PLY (missing properties: {', '.join(missing)}); "
+            "import it as a point cloud instead"
+        )
+    if len(vertices) == 0:
+        raise InputError(f"{path}: PLY contains no splats")
+    n_rest = 0
+    while f"f_rest_{n_rest}" in names:
+        n_rest += 1
+    if n_rest not in (0, 9, 24, 45):
+        raise InputError(f"{path}: {n_rest} f_rest properties do not match SH degree 1, 2 or 3 (9, 24, 45)")
+
+    def stack(keys: list[str]) -> np.ndarray:
+        return np.stack([_field(vertices, k) for k in keys], axis=1)
+
+    k = n_rest // 3
+    rest = stack([f"f_rest_{i}" for i in range(n_rest)]) if n_rest else np.zeros((len(vertices), 0), np.float32)
+    return SplatData(
+        means=stack(["x", "y", "z"]),
+        scales_log=stack([f"scale_{i}" for i in range(3)]),
+        rotations=stack([f"rot_{i}" for i in range(4)]),
+        opacity_logit=_field(vertices, "opacity"),
+        sh_dc=stack([f"f_dc_{i}" for i in range(3)]),
+        sh_rest=rest.reshape(len(vertices), 3, k).transpose(0, 2, 1),
+    )
