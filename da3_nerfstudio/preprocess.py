@@ -86,9 +86,7 @@ def _pil_to_rgb(im: Image.Image, label: str) -> np.ndarray:
         # 32-bit int mode is how many decoders hand over 16-bit greyscale; other ranges are not photos.
         arr = np.asarray(im)
         if arr.min() < 0 or arr.max() > 65535:
-            raise InputError(
-                f"{label}: 32-bit integer image with values {arr.min()}..{arr.max()} outside 0..65535"
-            )
+            raise InputError(f"{label}: 32-bit integer image with values {arr.min()}..{arr.max()} outside 0..65535")
         return _array_to_rgb(arr.astype(np.uint16), label)
     if im.mode == "F":
         return _array_to_rgb(np.asarray(im), label)
@@ -247,9 +245,7 @@ def preprocess_images(
     if intrinsics is not None:
         intrinsics = np.asarray(intrinsics, dtype=np.float64)
         if intrinsics.shape != (len(images), 3, 3) or not np.isfinite(intrinsics).all():
-            raise InputError(
-                f"intrinsics: expected {len(images)} finite 3x3 matrices, got shape {intrinsics.shape}"
-            )
+            raise InputError(f"intrinsics: expected {len(images)} finite 3x3 matrices, got shape {intrinsics.shape}")
 
     def work(i: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
         rgb = load_image(images[i], names[i])
