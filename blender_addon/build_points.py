@@ -150,13 +150,35 @@ def points_material() -> bpy.types.Material:
     return mat
 
 
-def modifier_input(obj: bpy.types.Object, modifier: str, name: str) -> str:
-    """The ID-property key of a node-group input on a modifier (identifiers differ per version)."""
-    group = obj.modifiers[modifier].node_group
-    for item in group.interface.items_tree:
+def _input_identifier(mod: bpy.types.NodesModifier, name: str) -> str:
+    """Identifier of a node-group input by name (identifiers such as 'Socket_2' differ per version)."""
+    for item in mod.node_group.interface.items_tree:
         if getattr(item, "in_out", None) == "INPUT" and item.name == name:
             return item.identifier
     raise KeyError(name)
+
+
+def _uses_input_structs(mod: bpy.types.NodesModifier) -> bool:
+    """Blender 5.x exposes modifier inputs as ``mod.properties.inputs.<id>.value``; 4.x as ID properties."""
+    return "properties" in mod.bl_rna.properties
+
+
+def set_modifier_input(mod: bpy.types.NodesModifier, name: str, value: object) -> None:
+    """Set a geometry-nodes modifier input by its interface name."""
+    key = _input_identifier(mod, name)
+    if _uses_input_structs(mod):
+        getattr(mod.properties.inputs, key).value = value
+    else:
+        mod[key] = value
+
+
+def draw_modifier_input(layout: bpy.types.UILayout, mod: bpy.types.NodesModifier, name: str) -> None:
+    """A UI field for a modifier input, so threshold and radius can be changed from the sidebar."""
+    key = _input_identifier(mod, name)
+    if _uses_input_structs(mod):
+        layout.prop(getattr(mod.properties.inputs, key), "value", text=name)
+    else:
+        layout.prop(mod, f'["{key}"]', text=name)
 
 
 def create_point_cloud(
@@ -183,9 +205,9 @@ def create_point_cloud(
     obj.data.materials.append(mat)
     mod = obj.modifiers.new(MODIFIER_NAME, "NODES")
     mod.node_group = points_node_group()
-    mod[modifier_input(obj, MODIFIER_NAME, RADIUS_INPUT)] = float(radius)
-    mod[modifier_input(obj, MODIFIER_NAME, THRESHOLD_INPUT)] = float(threshold)
-    mod[modifier_input(obj, MODIFIER_NAME, "Material")] = mat
+    set_modifier_input(mod, RADIUS_INPUT, float(radius))
+    set_modifier_input(mod, THRESHOLD_INPUT, float(threshold))
+    set_modifier_input(mod, "Material", mat)
     return obj
 
 

@@ -12,7 +12,7 @@ import bpy
 import numpy as np
 
 from .build_common import has_native_point_cloud_resize, set_attribute, srgb_to_linear
-from .build_points import COLOR_ATTRIBUTE, modifier_input, new_point_object, set_active_color
+from .build_points import COLOR_ATTRIBUTE, new_point_object, set_active_color, set_modifier_input
 from .scene_data import SplatData
 
 SH_C0 = 0.28209479177387814  # Y_0^0: 3DGS colour = SH_C0 * f_dc + 0.5 (before any sRGB decoding)
@@ -87,7 +87,7 @@ def _ellipsoids(name: str, splats: SplatData, act: dict, collection: bpy.types.C
     obj.data.materials.append(mat)
     mod = obj.modifiers.new(MODIFIER_NAME, "NODES")
     mod.node_group = splat_node_group()
-    mod[modifier_input(obj, MODIFIER_NAME, "Material")] = mat
+    set_modifier_input(mod, "Material", mat)
     return obj
 
 

@@ -36,11 +36,6 @@ class DA3Preferences(bpy.types.AddonPreferences):
         self.layout.prop(self, "extra_args")
 
 
-def _modifier_prop(layout: bpy.types.UILayout, obj: bpy.types.Object, modifier: str, name: str) -> None:
-    key = build_points.modifier_input(obj, modifier, name)
-    layout.prop(obj.modifiers[modifier], f'["{key}"]', text=name)
-
-
 class DA3_PT_sidebar(bpy.types.Panel):
     """Import, adjust, export and run DA3 from the 3D viewport's sidebar."""
 
@@ -60,10 +55,12 @@ class DA3_PT_sidebar(bpy.types.Panel):
         if obj is not None:
             box = layout.box()
             if build_points.MODIFIER_NAME in obj.modifiers:
-                _modifier_prop(box, obj, build_points.MODIFIER_NAME, build_points.THRESHOLD_INPUT)
-                _modifier_prop(box, obj, build_points.MODIFIER_NAME, build_points.RADIUS_INPUT)
+                mod = obj.modifiers[build_points.MODIFIER_NAME]
+                build_points.draw_modifier_input(box, mod, build_points.THRESHOLD_INPUT)
+                build_points.draw_modifier_input(box, mod, build_points.RADIUS_INPUT)
             if build_splats.MODIFIER_NAME in obj.modifiers:
-                _modifier_prop(box, obj, build_splats.MODIFIER_NAME, build_splats.MIN_OPACITY_INPUT)
+                mod = obj.modifiers[build_splats.MODIFIER_NAME]
+                build_points.draw_modifier_input(box, mod, build_splats.MIN_OPACITY_INPUT)
             if obj.get(importers.NPZ_KEY):
                 box.operator(operators.DA3_OT_backproject_depth.bl_idname, icon="POINTCLOUD_DATA")
         layout.operator(operators.DA3_OT_export_cameras.bl_idname, icon="EXPORT")

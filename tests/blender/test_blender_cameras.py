@@ -168,7 +168,10 @@ def test_existing_images_become_backgrounds(addon, tmp_path):
     [
         ("", "not valid JSON"),
         ("{}", "no 'frames'"),
-        ('{"frames": [{"file_path": "a.png", "transform_matrix": [[1,0,0,0]]}], "w": 4, "h": 4, "fl_x": 2}', "12 or 16"),
+        (
+            '{"frames": [{"file_path": "a.png", "transform_matrix": [[1,0,0,0]]}], "w": 4, "h": 4, "fl_x": 2}',
+            "12 or 16",
+        ),
         ('{"frames": [{"file_path": "a.png", "transform_matrix": []}]}', "lacks 'w'"),
     ],
 )

@@ -1,0 +1,335 @@
+"""Point clouds, splats and depth back-projection: attribute values, geometry nodes, bad files."""
+
+from __future__ import annotations
+
+import bpy
+import numpy as np
+import plyfile
+import pytest
+from blender_inputs import write_predictions
+
+from da3_nerfstudio.formats.ply import SplatData, write_point_cloud_ply, write_splat_ply
+
+
+def attribute(data: bpy.types.ID, name: str, key: str, width: int) -> np.ndarray:
+    attr = data.attributes[name]
+    out = np.empty(len(attr.data) * width, np.float32)
+    attr.data.foreach_get(key, out)
+    return out.reshape(-1, width) if width > 1 else out
+
+
+def evaluated(obj: bpy.types.Object) -> bpy.types.Object:
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    depsgraph.update()
+    return obj.evaluated_get(depsgraph)
+
+
+def only_object(kind: tuple[str, ...] = ("POINTCLOUD", "MESH")) -> bpy.types.Object:
+    objs = [o for o in bpy.data.objects if o.type in kind]
+    assert len(objs) == 1
+    return objs[0]
+
+
+def random_cloud(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return (
+        rng.normal(size=(n, 3)).astype(np.float32),
+        rng.integers(0, 256, size=(n, 3), dtype=np.uint8),
+        rng.uniform(1.0, 5.0, size=n).astype(np.float32),
+    )
+
+
+def test_register_unregister_cleanly(addon):
+    import addon_utils
+
+    names = [
+        "import_dataset",
+        "import_colmap",
+        "import_predictions",
+        "import_points",
+        "import_splats",
+        "export_cameras",
+        "run_process",
+        "cancel_process",
+        "backproject_depth",
+    ]
+    for name in names:
+        assert getattr(bpy.ops.da3, name).idname() == f"DA3_OT_{name}"
+        assert hasattr(bpy.types, f"DA3_OT_{name}")
+    assert hasattr(bpy.types, "DA3_PT_sidebar") and hasattr(bpy.types.Scene, "da3")
+    assert bpy.types.DA3_PT_sidebar.bl_category == "DA3"
+    addon_utils.disable("da3_blender", default_set=True)
+    assert not hasattr(bpy.types, "DA3_PT_sidebar") and not hasattr(bpy.types.Scene, "da3")
+    assert not any(hasattr(bpy.types, f"DA3_OT_{name}") for name in names)
+    assert addon_utils.enable("da3_blender", default_set=True) is not None  # and again
+    assert hasattr(bpy.types, "DA3_OT_import_points")
+
+
+def test_points_from_project_writer_keep_colour_and_confidence(addon, tmp_path):
+    points, colors, conf = random_cloud(5000)
+    path = tmp_path / "cloud.ply"
+    write_point_cloud_ply(path, points, colors, conf)
+    assert bpy.ops.da3.import_points(filepath=str(path), z_up=False) == {"FINISHED"}
+    obj = only_object()
+    if bpy.app.version >= (4, 5, 0):
+        assert obj.type == "POINTCLOUD"
+    np.testing.assert_array_equal(attribute(obj.data, "position", "vector", 3), points)
+    np.testing.assert_array_equal(attribute(obj.data, "conf", "value", 1), conf)
+    # Blender's own linear -> sRGB conversion gives back the file's 8-bit colours.
+    srgb = attribute(obj.data, "Col", "color_srgb", 4)[:, :3]
+    np.testing.assert_allclose(srgb * 255.0, colors, atol=0.05)
+    assert obj.data.color_attributes.get("Col") is not None
+    assert obj.parent is not None and obj.parent.get("da3_root")
+
+
+def test_confidence_threshold_and_radius_stay_adjustable(addon, tmp_path):
+    points, colors, conf = random_cloud(2000, seed=1)
+    path = tmp_path / "cloud.ply"
+    write_point_cloud_ply(path, points, colors, conf)
+    bpy.ops.da3.import_points(filepath=str(path), radius=0.03)
+    obj = only_object()
+    from da3_blender.build_points import MODIFIER_NAME, RADIUS_INPUT, THRESHOLD_INPUT, set_modifier_input
+
+    mod = obj.modifiers[MODIFIER_NAME]
+    ev = evaluated(obj)
+    assert ev.type == "POINTCLOUD" or len(ev.data.vertices) == 0
+    cloud = ev.data
+    assert len(cloud.points) == 2000
+    np.testing.assert_allclose(attribute(cloud, "radius", "value", 1), 0.03, rtol=1e-6)
+    set_modifier_input(mod, THRESHOLD_INPUT, 3.0)
+    set_modifier_input(mod, RADIUS_INPUT, 0.01)
+    obj.update_tag()
+    cloud = evaluated(obj).data
+    assert len(cloud.points) == int((conf >= 3.0).sum())
+    assert attribute(cloud, "conf", "value", 1).min() >= 3.0
+    np.testing.assert_allclose(attribute(cloud, "radius", "value", 1), 0.01, rtol=1e-6)
+
+
+def test_ascii_ply_float_colours_and_no_confidence(addon, tmp_path):
+    points, colors, _ = random_cloud(20, seed=2)
+    vertex = np.empty(
+        20,
+        dtype=[("x", "f8"), ("y", "f8"), ("z", "f8"), ("red", "f4"), ("green", "f4"), ("blue", "f4"), ("extra", "i4")],
+    )
+    for i, k in enumerate("xyz"):
+        vertex[k] = points[:, i]
+    for i, k in enumerate(("red", "green", "blue")):
+        vertex[k] = colors[:, i] / 255.0
+    path = tmp_path / "ascii.ply"
+    plyfile.PlyData([plyfile.PlyElement.describe(vertex, "vertex")], text=True).write(str(path))
+    assert bpy.ops.da3.import_points(filepath=str(path)) == {"FINISHED"}
+    obj = only_object()
+    np.testing.assert_allclose(attribute(obj.data, "position", "vector", 3), points, atol=1e-6)
+    np.testing.assert_allclose(attribute(obj.data, "Col", "color_srgb", 4)[:, :3] * 255, colors, atol=0.05)
+    assert "conf" not in obj.data.attributes
+
+
+def test_points_after_a_face_element_and_big_endian(addon, tmp_path):
+    """Elements before 'vertex' are skipped; big-endian binary is decoded."""
+    points, _, _ = random_cloud(10, seed=3)
+    meta = np.array([(1.5,)], dtype=[("scale", "f4")])
+    vertex = np.array([tuple(p) for p in points], dtype=[("x", "f4"), ("y", "f4"), ("z", "f4")])
+    path = tmp_path / "be.ply"
+    data = plyfile.PlyData(
+        [plyfile.PlyElement.describe(meta, "meta"), plyfile.PlyElement.describe(vertex, "vertex")], byte_order=">"
+    )
+    data.write(str(path))
+    bpy.ops.da3.import_points(filepath=str(path))
+    np.testing.assert_array_equal(attribute(only_object().data, "position", "vector", 3), points)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "not a PLY file"),
+        (b"ply\nformat binary_little_endian 1.0\nelement vertex 3\n", "no 'end_header'"),
+        (
+            b"ply\nformat binary_little_endian 1.0\nelement vertex 0\nproperty float x\nproperty float y\n"
+            b"property float z\nend_header\n",
+            "contains no points",
+        ),
+        (
+            b"ply\nformat binary_little_endian 1.0\nelement vertex 5\nproperty float x\nproperty float y\n"
+            b"property float z\nend_header\n" + b"\0" * 30,
+            "truncated PLY: 5 vertices need 60 bytes, only 30",
+        ),
+        (
+            b"ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\nproperty float z\n"
+            b"end_header\n1 2 3\n4 5 6\n",
+            "truncated ASCII PLY",
+        ),
+        (b"ply\nformat ascii 1.0\nelement vertex 1\nproperty float a\nend_header\n1\n", "lack coordinate"),
+    ],
+    ids=["empty", "no-end-header", "zero-vertices", "truncated-binary", "truncated-ascii", "no-xyz"],
+)
+def test_bad_point_plys_give_one_line_errors(addon, tmp_path, content, message):
+    path = tmp_path / "bad.ply"
+    path.write_bytes(content)
+    with pytest.raises(RuntimeError, match=message) as info:
+        bpy.ops.da3.import_points(filepath=str(path))
+    assert str(path) in str(info.value)
+    assert not [o for o in bpy.data.objects if o.type in ("POINTCLOUD", "MESH")]
+
+
+def random_splats(n: int, sh_rest: int, seed: int = 0) -> SplatData:
+    rng = np.random.default_rng(seed)
+    return SplatData(
+        means=rng.normal(size=(n, 3)).astype(np.float32),
+        scales_log=rng.uniform(-5, -1, size=(n, 3)).astype(np.float32),
+        rotations=rng.normal(size=(n, 4)).astype(np.float32),
+        opacity_logit=rng.normal(size=n).astype(np.float32),
+        sh_dc=rng.normal(size=(n, 3)).astype(np.float32),
+        sh_rest=rng.normal(scale=0.1, size=(n, sh_rest, 3)).astype(np.float32),
+    )
+
+
+@pytest.mark.parametrize("sh_rest", [0, 3, 8, 15], ids=["sh0", "sh1", "sh2", "sh3"])
+def test_splat_attributes_equal_ply_values(addon, tmp_path, sh_rest):
+    splats = random_splats(3000, sh_rest)
+    path = tmp_path / "splats.ply"
+    write_splat_ply(path, splats)
+    assert bpy.ops.da3.import_splats(filepath=str(path)) == {"FINISHED"}
+    obj = only_object()
+    data = obj.data
+    rotations = splats.rotations / np.linalg.norm(splats.rotations, axis=1, keepdims=True)
+    opacity = 1.0 / (1.0 + np.exp(-splats.opacity_logit.astype(np.float64)))
+    np.testing.assert_array_equal(attribute(data, "position", "vector", 3), splats.means)
+    np.testing.assert_allclose(attribute(data, "scale", "vector", 3), np.exp(splats.scales_log), rtol=1e-6)
+    np.testing.assert_allclose(attribute(data, "rotation", "value", 4), rotations, atol=1e-6)
+    if bpy.app.version >= (5, 3, 0):
+        assert obj.type == "POINTCLOUD" and data.type == "GAUSSIAN_SPLAT"
+        base = attribute(data, "radiance:base", "vector", 4)
+        np.testing.assert_array_equal(base[:, :3], splats.sh_dc)
+        np.testing.assert_allclose(base[:, 3], opacity, atol=1e-6)
+        rest_name = "radiance:sh_{}"
+    else:
+        np.testing.assert_array_equal(attribute(data, "f_dc", "vector", 3), splats.sh_dc)
+        np.testing.assert_allclose(attribute(data, "opacity", "value", 1), opacity, atol=1e-6)
+        rest_name = "sh_rest_{}"
+        assert obj.modifiers["DA3 Splats"].node_group.name.startswith("DA3 Splat Ellipsoids")
+    for k in range(sh_rest):
+        np.testing.assert_array_equal(attribute(data, rest_name.format(k), "vector", 3), splats.sh_rest[:, k])
+    assert rest_name.format(sh_rest) not in data.attributes
+
+
+@pytest.mark.skipif(bpy.app.version < (5, 3, 0), reason="native Gaussian splats need Blender 5.3+")
+def test_native_splats_match_blenders_own_ply_importer(addon, tmp_path):
+    """Blender 5.3's built-in 3DGS PLY import is the reference for the native attribute layout."""
+    splats = random_splats(500, 15, seed=4)
+    path = tmp_path / "ref.ply"
+    write_splat_ply(path, splats)
+    bpy.ops.da3.import_splats(filepath=str(path))
+    ours = only_object().data
+    bpy.ops.wm.ply_import(filepath=str(path))
+    theirs = next(o for o in bpy.data.objects if o.type == "POINTCLOUD" and o.data != ours).data
+    assert theirs.type == ours.type == "GAUSSIAN_SPLAT"
+    for attr in theirs.attributes:
+        if attr.name.startswith(".") or attr.name not in ours.attributes and attr.name in ("nx", "ny", "nz"):
+            continue
+        key = {"FLOAT": "value", "QUATERNION": "value"}.get(attr.data_type, "vector")
+        width = {"FLOAT": 1, "QUATERNION": 4, "FLOAT4": 4}.get(attr.data_type, 3)
+        assert ours.attributes[attr.name].data_type == attr.data_type, attr.name
+        np.testing.assert_allclose(
+            attribute(ours, attr.name, key, width),
+            attribute(theirs, attr.name, key, width),
+            atol=1e-6,
+            err_msg=attr.name,
+        )
+
+
+@pytest.mark.skipif(bpy.app.version >= (5, 3, 0), reason="ellipsoid instancing is the pre-5.3 path")
+def test_ellipsoid_instances_carry_rotation_and_scale(addon, tmp_path):
+    splats = random_splats(50, 0, seed=5)
+    splats.opacity_logit[:] = 4.0  # all above the default minimum opacity
+    path = tmp_path / "s.ply"
+    write_splat_ply(path, splats)
+    bpy.ops.da3.import_splats(filepath=str(path), z_up=False)
+    obj = only_object()
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    from da3_blender.build_splats import EXTENT_SIGMA
+    from mathutils import Quaternion
+
+    # Instance structs are only valid while iterating, so copy their matrices out.
+    matrices = [
+        inst.matrix_world.copy()
+        for inst in depsgraph.object_instances
+        if inst.is_instance and inst.parent.original == obj
+    ]
+    assert len(matrices) == 50
+    rotations = splats.rotations / np.linalg.norm(splats.rotations, axis=1, keepdims=True)
+    for matrix in matrices:
+        loc, rot, scale = matrix.decompose()
+        distances = np.linalg.norm(splats.means - np.array(loc), axis=1)
+        i = int(np.argmin(distances))
+        assert distances[i] < 1e-5
+        np.testing.assert_allclose(np.array(scale), EXTENT_SIGMA * np.exp(splats.scales_log[i]), rtol=1e-4)
+        expected = Quaternion(rotations[i].tolist()).to_matrix()
+        np.testing.assert_allclose(np.array(rot.to_matrix()), np.array(expected), atol=1e-4)
+
+
+def test_non_splat_ply_is_rejected_clearly(addon, tmp_path):
+    points, colors, conf = random_cloud(10)
+    path = tmp_path / "cloud.ply"
+    write_point_cloud_ply(path, points, colors, conf)
+    with pytest.raises(RuntimeError, match="not a 3D Gaussian splatting PLY .*import it as a point cloud"):
+        bpy.ops.da3.import_splats(filepath=str(path))
+    bad_rest = random_splats(10, 3)
+    names = [f"f_rest_{i}" for i in range(9)]
+    vertex = plyfile.PlyData.read(str(_write(tmp_path / "r.ply", bad_rest)))["vertex"].data
+    import numpy.lib.recfunctions as rfn
+
+    keep = rfn.repack_fields(vertex[[n for n in vertex.dtype.names if n not in names[5:]]])
+    plyfile.PlyData([plyfile.PlyElement.describe(keep, "vertex")]).write(str(tmp_path / "r5.ply"))
+    with pytest.raises(RuntimeError, match="5 f_rest properties"):
+        bpy.ops.da3.import_splats(filepath=str(tmp_path / "r5.ply"))
+
+
+def _write(path, splats):
+    write_splat_ply(path, splats)
+    return path
+
+
+def test_extra_splat_properties_are_tolerated(addon, tmp_path):
+    splats = random_splats(100, 3, seed=6)
+    vertex = plyfile.PlyData.read(str(_write(tmp_path / "a.ply", splats)))["vertex"].data
+    import numpy.lib.recfunctions as rfn
+
+    extended = rfn.append_fields(
+        vertex, ["semantic", "age"], [np.arange(100, dtype="i4"), np.ones(100, "f8")], usemask=False
+    )
+    plyfile.PlyData([plyfile.PlyElement.describe(extended, "vertex")]).write(str(tmp_path / "extra.ply"))
+    assert bpy.ops.da3.import_splats(filepath=str(tmp_path / "extra.ply")) == {"FINISHED"}
+    np.testing.assert_array_equal(attribute(only_object().data, "position", "vector", 3), splats.means)
+
+
+def test_depth_backprojection_is_consistent_across_room_views(addon, tmp_path, room_gt):
+    """Depth of view 0 lifted to 3D with the pixel-centre convention lands on view 1's depth surface."""
+    from da3_blender.build_common import get_attribute
+
+    w2c = np.linalg.inv(room_gt["poses"])[:, :3]
+    ks = room_gt["intrinsics"]
+    path = write_predictions(tmp_path / "room.npz", w2c, ks, room_gt["depths"])
+    bpy.ops.da3.import_predictions(filepath=str(path), z_up=False)
+    cam = bpy.data.objects["room_000"]
+    bpy.ops.object.select_all(action="DESELECT")
+    cam.select_set(True)
+    with bpy.context.temp_override(selected_objects=[cam]):
+        assert bpy.ops.da3.backproject_depth(stride=4) == {"FINISHED"}
+    obj = bpy.data.objects["room_000 depth"]
+    world = get_attribute(obj.data, "position", 3).astype(np.float64)
+    # Into view 1 with the ground-truth camera: compare z with view 1's depth map where visible.
+    cam1 = world @ w2c[1][:, :3].T + w2c[1][:, 3]
+    uv = cam1 @ ks[1].T
+    uv = uv[:, :2] / uv[:, 2:3]
+    h, w = room_gt["depths"].shape[1:]
+    inside = (cam1[:, 2] > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < w) & (uv[:, 1] >= 0) & (uv[:, 1] < h)
+    assert inside.mean() > 0.3
+    depth1 = room_gt["depths"][1][uv[inside, 1].astype(int), uv[inside, 0].astype(int)]
+    rel = np.abs(cam1[inside, 2] - depth1) / depth1
+    assert np.median(rel) < 0.01, np.median(rel)
+    # and into view 0 itself: exactly the pixel centres it came from
+    cam0 = world @ w2c[0][:, :3].T + w2c[0][:, 3]
+    uv0 = cam0 @ ks[0].T
+    uv0 = uv0[:, :2] / uv0[:, 2:3]
+    np.testing.assert_allclose(uv0 - np.floor(uv0), 0.5, atol=5e-3)  # positions are float32 in Blender
+    assert "conf" in obj.data.attributes
