@@ -163,7 +163,7 @@ def transforms_dict(views: list[CameraView], base_dir: Path) -> dict:
                 "h": view.height,
             }
         )
-    return {"camera_model": "OPENCV", "frames": frames}
+    return {"camera_model": "PINHOLE", "frames": frames}
 
 
 def camera_path_dict(views: list[CameraView], fps: float) -> dict:
