@@ -213,7 +213,7 @@ class DA3Predictor:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
-        if isinstance(model_or_name_or_path, DA3Model):
+        if isinstance(model_or_name_or_path, torch.nn.Module):
             self.model = model_or_name_or_path.to(self.device).eval()
         else:
             self.model = DA3Model.from_pretrained(model_or_name_or_path, device=self.device)

@@ -1,0 +1,206 @@
+"""DA3Predictor and Prediction: frames, chunking, conventions and bad input.
+
+Frame handling is tested with an *oracle* network that returns the exact ground-truth geometry of
+the room sample in an arbitrary similarity frame (as a real network does: its world frame and scale
+are its own), so the predictor's alignment must recover the truth exactly. The real network runs
+through the same code in the chunk-consistency and end-to-end tests with the parity fixture weights.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from da3_fixtures import write_checkpoint
+from PIL import Image
+from torch import nn
+
+from da3_nerfstudio import DA3Predictor, InputError, Prediction
+from da3_nerfstudio.geometry import align_cameras_sim3, apply_sim3_to_w2c, project_points
+from da3_nerfstudio.model.presets import get_preset
+from da3_nerfstudio.preprocess import preprocess_images
+
+SAMPLES = Path(os.environ.get("DA3_SAMPLES", Path(__file__).resolve().parents[2] / "shared" / "samples"))
+ROOM = SAMPLES / "room_gt"
+pytestmark = pytest.mark.skipif(not ROOM.is_dir(), reason=f"sample data not found at {ROOM}")
+
+
+def room() -> tuple[list[Path], np.ndarray, np.ndarray, np.ndarray]:
+    """Room images, w2c (N,4,4) OpenCV, intrinsics (continuous convention), depth (N,H,W)."""
+    gt = np.load(ROOM / "condition.npz")
+    K = gt["intrinsics"].astype(np.float64).copy()
+    K[:, :2, 2] += 0.5  # the sample uses integer-index pixel coordinates
+    return sorted((ROOM / "rgb").glob("*.png"), key=lambda p: int(p.stem)), np.linalg.inv(gt["poses"]), K, gt["depths"]
+
+
+def random_similarity(rng: np.random.Generator) -> tuple[float, np.ndarray, np.ndarray]:
+    q = rng.normal(size=4)
+    q /= np.linalg.norm(q)
+    w, x, y, z = q
+    R = np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+    return float(rng.uniform(0.3, 3.0)), R, rng.normal(size=3)
+
+
+class OracleModel(nn.Module):
+    """Stands in for the network: exact room geometry, in a fresh random similarity frame per call."""
+
+    name = "oracle"
+    anyview = True
+    has_gaussian_head = False
+    preset = get_preset("da3-small")
+
+    def __init__(self, process_res: int) -> None:
+        super().__init__()
+        paths, self.w2c, K, depth = room()
+        batch = preprocess_images(paths, process_res)
+        self.keys = [float(v) for v in batch.tensor.mean(dim=(1, 2, 3))]
+        self.K = batch.transforms @ K
+        h, w = batch.images.shape[1:3]
+        self.depth = np.stack([cv2.resize(d, (w, h), interpolation=cv2.INTER_NEAREST) for d in depth])
+        self.rng = np.random.default_rng(7)
+        self.calls: list[tuple[float, np.ndarray, np.ndarray]] = []
+        self.param = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor, extrinsics=None, intrinsics=None, **_: object) -> dict[str, torch.Tensor]:
+        views = [self.keys.index(float(v)) for v in x[0].mean(dim=(1, 2, 3))]
+        s, R, t = random_similarity(self.rng)
+        self.calls.append((s, R, t))
+        ext = apply_sim3_to_w2c(self.w2c[views], s, R, t)[:, :3]
+        out = {
+            "depth": self.depth[views] * s,
+            "depth_conf": np.full_like(self.depth[views], 2.0),
+            "extrinsics": ext,
+            "intrinsics": self.K[views],
+        }
+        return {k: torch.from_numpy(np.asarray(v, dtype=np.float32))[None] for k, v in out.items()}
+
+
+def test_pose_conditioned_prediction_is_returned_in_the_callers_frame() -> None:
+    paths, w2c, K, _ = room()
+    oracle = OracleModel(process_res=140)
+    predictor = DA3Predictor(oracle, device="cpu")
+    for views in ([0, 1, 2, 3, 4, 5], [1, 2]):  # N = 2 included
+        pred = predictor.predict([paths[i] for i in views], w2c[views], K[views], process_res=140)
+        np.testing.assert_allclose(pred.extrinsics, w2c[views][:, :3], atol=1e-6)
+        np.testing.assert_allclose(pred.original_intrinsics(), K[views], rtol=1e-6)
+        # Depth in the caller's units: the oracle's random scale must have been undone.
+        valid = oracle.depth[views] > 0
+        np.testing.assert_allclose(pred.depth[valid], oracle.depth[views][valid], rtol=1e-4)
+
+
+def test_chunked_prediction_is_aligned_into_one_frame() -> None:
+    paths, w2c, _, _ = room()
+    oracle = OracleModel(process_res=140)
+    predictor = DA3Predictor(oracle, device="cpu")
+    single = predictor.predict(paths, process_res=140)
+    chunked = predictor.predict(paths, process_res=140, max_views_per_chunk=4)
+    assert len(oracle.calls) == 1 + 3, "8 views in chunks of 4 with overlap 2 need 3 passes"
+    # Both must be the ground truth up to one similarity each.
+    for pred in (single, chunked):
+        s, R, t = align_cameras_sim3(w2c, pred.extrinsics.astype(np.float64))
+        mapped = apply_sim3_to_w2c(w2c, s, R, t)[:, :3]
+        np.testing.assert_allclose(pred.extrinsics, mapped, atol=1e-4 * max(1.0, s))
+        valid = oracle.depth > 0
+        np.testing.assert_allclose(pred.depth[valid], oracle.depth[valid] * s, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def small_predictor(tmp_path_factory: pytest.TempPathFactory) -> DA3Predictor:
+    folder = write_checkpoint(tmp_path_factory.mktemp("ckpt") / "da3-small", "da3-small")
+    return DA3Predictor(folder, device="cpu")
+
+
+def test_chunked_and_single_pass_agree_with_the_real_network(small_predictor: DA3Predictor) -> None:
+    """Chunked and single-pass depth agree up to one global scale, view by view, within 5 %.
+
+    Exact agreement is impossible even for the official model: a view's output depends on the other
+    views in its pass (cross-view attention, reference view). With the parity weights, running the
+    first 4 views alone instead of all 6 already moves per-view median depth by up to 3.2 % relative
+    to the global scale, so 5 % bounds that; a chunk left in its own scale is off by its own
+    arbitrary factor. (Camera alignment is checked exactly with the oracle network above: these
+    untrained weights predict cameras too inconsistent to compare.)"""
+    paths, _, _, _ = room()
+    single = small_predictor.predict(paths[:6], process_res=112)
+    chunked = small_predictor.predict(paths[:6], process_res=112, max_views_per_chunk=4)
+    per_view = np.array([np.median(c / s) for c, s in zip(chunked.depth, single.depth, strict=True)])
+    deviation = np.abs(per_view / np.median(per_view) - 1)
+    assert deviation.max() < 0.05, per_view
+
+
+def test_prediction_round_trips_through_npz(small_predictor: DA3Predictor, tmp_path: Path) -> None:
+    paths, _, _, _ = room()
+    pred = small_predictor.predict(paths[:3], process_res=112)
+    assert pred.depth.shape == (3, 84, 112) and pred.images.shape == (3, 84, 112, 3)
+    assert pred.conf is not None and (pred.conf >= 1).all()
+    pred.save(tmp_path / "p.npz")
+    back = Prediction.load(tmp_path / "p.npz")
+    for key in ("depth", "conf", "extrinsics", "intrinsics", "images", "transforms", "original_sizes"):
+        np.testing.assert_array_equal(getattr(back, key), getattr(pred, key), err_msg=key)
+    assert back.names == pred.names and back.model_name == "da3-small"
+
+
+def test_conventions_on_ground_truth_geometry() -> None:
+    """A world point seen in view 0 projects to its pixel through both camera-to-world helpers."""
+    paths, w2c, K, depth = room()
+    images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+    pred = Prediction(depth=depth, extrinsics=w2c[:, :3], intrinsics=K, images=images)
+    row, col = 200, 150
+    z = depth[0, row, col]
+    pixel = np.array([col + 0.5, row + 0.5])
+    camera_point = z * np.linalg.inv(K[0]) @ np.array([*pixel, 1.0])
+    world = (pred.c2w_opencv()[0] @ np.append(camera_point, 1))[:3]
+    for view in range(len(pred)):
+        uv, zc = project_points(world[None], K[view], w2c[view])
+        # OpenGL camera-to-world: the camera looks down -z with y up.
+        cam_gl = np.linalg.inv(pred.c2w_opengl()[view]) @ np.append(world, 1)
+        assert np.isclose(-cam_gl[2], zc[0]) and np.isclose(
+            -cam_gl[1], (np.linalg.inv(K[view]) @ [*uv[0], 1])[1] * zc[0]
+        )
+    np.testing.assert_allclose(project_points(world[None], K[0], w2c[0])[0][0], pixel, atol=1e-3)
+    points, colors, views = pred.world_points(percentile=0)
+    assert len(points) == int((depth > 0).sum()) and colors.dtype == np.uint8
+    # Every unprojected point reprojects onto its own pixel in its own view.
+    uv, _ = project_points(points[views == 3], K[3], w2c[3])
+    rows, cols = np.nonzero(depth[3] > 0)
+    np.testing.assert_allclose(uv, np.stack([cols + 0.5, rows + 0.5], -1), atol=1e-2)  # float32 points
+
+
+def test_depth_at_original_size_follows_the_pixel_map(small_predictor: DA3Predictor) -> None:
+    paths, _, _, _ = room()
+    pred = small_predictor.predict(paths[:1], process_res=112)
+    full = pred.depth_at_original_size(0)
+    assert full.shape == (350, 434)
+    # The original pixel whose centre maps onto a processed pixel centre gets that pixel's depth.
+    A = pred.transforms[0]
+    i, j = 40, 60
+    orig = np.linalg.inv(A) @ np.array([j + 0.5, i + 0.5, 1.0])
+    col, row = int(orig[0]), int(orig[1])
+    assert abs(full[row, col] - pred.depth[0, i, j]) < 0.05 * pred.depth[0, i, j]
+
+
+def test_bad_input_is_reported_with_the_file_name(small_predictor: DA3Predictor, tmp_path: Path) -> None:
+    paths, w2c, K, _ = room()
+    with pytest.raises(InputError, match="missing.png"):
+        small_predictor.predict([paths[0], tmp_path / "missing.png"])
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(InputError, match="broken.jpg"):
+        small_predictor.predict([paths[0], broken])
+    with pytest.raises(InputError, match="no input images"):
+        small_predictor.predict([])
+    with pytest.raises(InputError, match="extrinsics: expected finite"):
+        small_predictor.predict(paths[:2], w2c[:3], K[:2])
+    with pytest.raises(InputError, match="without intrinsics"):
+        small_predictor.predict(paths[:2], w2c[:2])
+    with pytest.raises(InputError, match="no Gaussian head"):
+        small_predictor.predict(paths[:2], infer_gs=True)
