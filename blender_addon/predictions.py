@@ -2,7 +2,7 @@
 
 Keys: ``depth`` (N,H,W) z-depth, ``conf`` (N,H,W), ``extrinsics`` (N,3,4) OpenCV world-to-camera,
 ``intrinsics`` (N,3,3) in pixels of the depth map with pixel centres at +0.5, and optionally
-``image``/``images`` (N,H,W,3) uint8 and ``image_names`` (N,) strings.
+``image``/``images`` (N,H,W,3) uint8, ``names`` (N,) image names and ``sky`` (N,H,W) bool.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ class Predictions:
     intrinsics: np.ndarray
     images: np.ndarray | None
     names: list[str]
+    sky: np.ndarray | None = None
 
 
 def read_predictions(path: str | os.PathLike) -> Predictions:
@@ -63,9 +64,11 @@ def read_predictions(path: str | os.PathLike) -> Predictions:
     if images is not None and images.shape[:3] != (n, h, w):
         raise InputError(f"{path}: images have shape {images.shape}, expected ({n}, {h}, {w}, 3)")
     names = [f"{path.stem}_{i:03d}" for i in range(n)]
-    if "image_names" in arrays and len(arrays["image_names"]) == n:
-        names = [Path(str(s)).stem for s in arrays["image_names"]]
-    return Predictions(path, depth, conf, extrinsics, intrinsics, images, names)
+    if "names" in arrays and len(arrays["names"]) == n:
+        names = [Path(str(s)).stem for s in arrays["names"]]
+    sky = arrays.get("sky")
+    sky = np.asarray(sky, dtype=bool) if sky is not None and sky.shape == depth.shape else None
+    return Predictions(path, depth, conf, extrinsics, intrinsics, images, names, sky)
 
 
 def prediction_cameras(pred: Predictions) -> list[CameraView]:
@@ -94,13 +97,15 @@ def prediction_cameras(pred: Predictions) -> list[CameraView]:
 def backproject(pred: Predictions, index: int, stride: int = 1) -> PointData:
     """World points of view ``index``: pixel (i, j) at (j + 0.5, i + 0.5) lifted to its z-depth.
 
-    Non-finite and non-positive depths are dropped; colours come from the embedded image.
+    Non-finite and non-positive depths and sky pixels are dropped; colours come from the embedded image.
     """
     depth = pred.depth[index, ::stride, ::stride]
     rows, cols = np.meshgrid(
         np.arange(0, pred.depth.shape[1], stride), np.arange(0, pred.depth.shape[2], stride), indexing="ij"
     )
     valid = np.isfinite(depth) & (depth > 0)
+    if pred.sky is not None:
+        valid &= ~pred.sky[index, ::stride, ::stride]
     k_inv = np.linalg.inv(pred.intrinsics[index])
     pix = np.stack([cols[valid] + 0.5, rows[valid] + 0.5, np.ones(int(valid.sum()))], axis=0)
     cam = (k_inv @ pix) * depth[valid]

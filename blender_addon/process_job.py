@@ -21,6 +21,8 @@ from .errors import InputError
 # module implements it and wherever the environment's bin/ folder is.
 _ENTRY_POINT = (
     "import sys\n"
+    "if sys.path and sys.path[0] == '':\n"
+    "    del sys.path[0]  # like a console script: the working folder must not shadow the environment\n"
     "from importlib.metadata import entry_points\n"
     "found = list(entry_points(group='console_scripts', name='da3-process-data'))\n"
     "if not found:\n"

@@ -8,6 +8,7 @@ import numpy as np
 
 from da3_nerfstudio.formats.colmap import write_colmap_model
 from da3_nerfstudio.formats.transforms import frames_from_cameras, write_transforms_json
+from da3_nerfstudio.prediction import Prediction
 
 # (name, width, height, fx, fy, cx, cy): the cases where Blender camera mappings usually go wrong.
 CAMERA_CASES = [
@@ -89,15 +90,25 @@ def write_predictions(
     depth: np.ndarray,
     images: np.ndarray | None = None,
     conf: np.ndarray | None = None,
+    names: list[str] | None = None,
+    official: bool = False,
 ) -> Path:
-    """A predictions npz with the keys DA3 writes."""
-    arrays = {
-        "depth": depth.astype(np.float32),
-        "extrinsics": w2c[:, :3, :4].astype(np.float32),
-        "intrinsics": ks.astype(np.float32),
-    }
-    arrays["conf"] = (np.ones_like(depth) if conf is None else conf).astype(np.float32)
-    if images is not None:
-        arrays["image"] = images
-    np.savez(path, **arrays)
+    """A predictions npz: by the project's ``Prediction.save``, or the official mini_npz keys only."""
+    depth = depth.astype(np.float32)
+    conf = (np.ones_like(depth) if conf is None else conf).astype(np.float32)
+    if official:
+        np.savez(
+            path, depth=depth, conf=conf, extrinsics=w2c[:, :3, :4].astype(np.float32), intrinsics=ks.astype(np.float32)
+        )
+        return path
+    if images is None:
+        images = np.zeros((*depth.shape, 3), np.uint8)
+    Prediction(
+        depth=depth,
+        extrinsics=w2c[:, :3, :4].astype(np.float32),
+        intrinsics=ks.astype(np.float32),
+        images=images,
+        conf=conf,
+        names=names or [],
+    ).save(path)
     return path

@@ -93,7 +93,7 @@ def test_colmap_cameras_project_like_opencv(addon, tmp_path, case):
 def test_predictions_cameras_project_like_opencv(addon, tmp_path, case):
     _, w, h, fx, fy, cx, cy = case
     ks = np.stack([k_matrix(fx, fy, cx, cy)] * 2)
-    path = write_predictions(tmp_path / "pred.npz", random_cameras(2, seed=3), ks, np.ones((2, h, w)))
+    path = write_predictions(tmp_path / "pred.npz", random_cameras(2, seed=3), ks, np.ones((2, h, w)), official=True)
     assert bpy.ops.da3.import_predictions(filepath=str(path), z_up=False) == {"FINISHED"}
     with np.load(path) as npz:  # truth from the stored (float32) values
         w2c, ks = npz["extrinsics"].astype(np.float64), npz["intrinsics"].astype(np.float64)
@@ -108,12 +108,13 @@ def test_room_ground_truth_cameras_and_images(addon, tmp_path, room_gt):
     n, h, w = room_gt["depths"].shape
     w2c = np.linalg.inv(room_gt["poses"])[:, :3]
     images = np.stack([np.asarray(Image.open(room_gt["rgb_dir"] / f"{i}.png").convert("RGB")) for i in range(n)])
-    path = write_predictions(tmp_path / "room.npz", w2c, room_gt["intrinsics"], room_gt["depths"], images)
+    names = [f"rgb/{i}.png" for i in range(n)]
+    path = write_predictions(tmp_path / "room.npz", w2c, room_gt["intrinsics"], room_gt["depths"], images, names=names)
     assert bpy.ops.da3.import_predictions(filepath=str(path)) == {"FINISHED"}
     with np.load(path) as npz:
         w2c, ks = npz["extrinsics"].astype(np.float64), npz["intrinsics"].astype(np.float64)
-    assert_cameras_match(bpy.data.objects["DA3 room"], [f"room_{i:03d}" for i in range(n)], w2c, ks, (w, h))
-    cam = bpy.data.objects["room_003"].data
+    assert_cameras_match(bpy.data.objects["DA3 room"], [str(i) for i in range(n)], w2c, ks, (w, h))
+    cam = bpy.data.objects["3"].data  # cameras are named after the image stems
     image = cam.background_images[0].image
     assert tuple(image.size) == (w, h) and image.packed_file is not None
     pixels = np.empty(w * h * 4, np.float32)
