@@ -247,16 +247,20 @@ class DinoVisionTransformer(nn.Module):
             if i in cfg.out_layers:
                 outputs.append(torch.cat([local_x, x], dim=-1) if cfg.cat_token else x)
 
-        results = []
-        for out in outputs:
-            if order is not None:
-                out = _gather_views(out, torch.argsort(order, dim=1))
+        # Build the results in place of the raw outputs so no out layer is held twice.
+        inverse = torch.argsort(order, dim=1) if order is not None else None
+        results: list[tuple[Tensor, Tensor]] = []
+        while outputs:
+            out = outputs.pop(0)
+            if inverse is not None:
+                out = _gather_views(out, inverse)
             patches = out[:, :, 1:]
             if cfg.cat_token:
                 patches = torch.cat([patches[..., :c], self.norm(patches[..., c:])], dim=-1)
             else:
                 patches = self.norm(patches)
-            results.append((patches, out[:, :, 0]))
+            results.append((patches, out[:, :, 0].clone()))
+            del out
         return results
 
 
