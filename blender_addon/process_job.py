@@ -78,6 +78,8 @@ class ProcessJob:
         self.lines: deque[str] = deque(maxlen=keep_lines)
         self.progress: float | None = None
         self.cancelled = False
+        # Blender's own Python settings must not leak into the external environment.
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
         flags = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if sys.platform == "win32" else {}
         self._proc = subprocess.Popen(
             argv,
@@ -86,7 +88,7 @@ class ProcessJob:
             stdin=subprocess.DEVNULL,
             text=True,
             errors="replace",
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**env, "PYTHONUNBUFFERED": "1"},
             **flags,
         )
         self._reader = threading.Thread(target=self._drain, daemon=True)

@@ -8,7 +8,11 @@ import numpy as np
 
 from da3_nerfstudio.formats.colmap import write_colmap_model
 from da3_nerfstudio.formats.transforms import frames_from_cameras, write_transforms_json
-from da3_nerfstudio.prediction import Prediction
+
+try:  # the predictor's writer needs torch, which the Blender 5.x test environment does not carry
+    from da3_nerfstudio.prediction import Prediction
+except ImportError:
+    Prediction = None
 
 # (name, width, height, fx, fy, cx, cy): the cases where Blender camera mappings usually go wrong.
 CAMERA_CASES = [
@@ -93,7 +97,11 @@ def write_predictions(
     names: list[str] | None = None,
     official: bool = False,
 ) -> Path:
-    """A predictions npz: by the project's ``Prediction.save``, or the official mini_npz keys only."""
+    """A predictions npz: by the project's ``Prediction.save``, or the official mini_npz keys only.
+
+    Without torch (the Blender 5.x environment) the project's layout is written with ``np.savez``;
+    the main environment's run checks the add-on against the real writer.
+    """
     depth = depth.astype(np.float32)
     conf = (np.ones_like(depth) if conf is None else conf).astype(np.float32)
     if official:
@@ -103,12 +111,9 @@ def write_predictions(
         return path
     if images is None:
         images = np.zeros((*depth.shape, 3), np.uint8)
-    Prediction(
-        depth=depth,
-        extrinsics=w2c[:, :3, :4].astype(np.float32),
-        intrinsics=ks.astype(np.float32),
-        images=images,
-        conf=conf,
-        names=names or [],
-    ).save(path)
+    arrays = {"depth": depth, "extrinsics": w2c[:, :3, :4].astype(np.float32), "intrinsics": ks.astype(np.float32)}
+    if Prediction is None:
+        np.savez(path, **arrays, image=images, conf=conf, **({"names": np.array(names)} if names else {}))
+    else:
+        Prediction(**arrays, images=images, conf=conf, names=names or []).save(path)
     return path
