@@ -1,0 +1,406 @@
+"""Pure-PyTorch Gaussian rasterizer with the semantics of ``gsplat.rasterization`` (gsplat 1.4.0).
+
+gsplat has no CPU backend, so nerfstudio's splatfacto cannot train without CUDA. This module renders
+the same images (EWA projection with a 0.3 px low-pass blur, 3-sigma radii and 16-pixel tile
+truncation, front-to-back alpha compositing with gsplat's alpha clamp, 1/255 skip and transmittance
+cut-off) with plain differentiable torch ops, so the same training loop runs on CPU: slowly, for
+tests and small scenes. The image is processed in blocks of pixels and each block's depth-sorted
+Gaussians in chunks, so memory per step is bounded by ``block_size**2 * chunk_size``.
+
+The returned ``info`` dict carries the keys splatfacto and gsplat's ``DefaultStrategy`` read
+(``means2d`` with a retainable gradient, ``radii``, ``width``, ``height``, ``n_cameras``, ...);
+``absgrad=True`` also fills ``info["means2d"].absgrad`` during backward, as gsplat does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+# Real spherical-harmonics constants (the basis used by 3DGS, gsplat and nerfstudio).
+SH_C0 = 0.28209479177387814
+SH_C1 = 0.4886025119029199
+SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
+SH_C3 = (
+    -0.5900435899266435,
+    2.890611442640554,
+    -0.4570457994644658,
+    0.3731763325901154,
+    -0.4570457994644658,
+    1.445305721320277,
+    -0.5900435899266435,
+)
+
+# Compositing constants of gsplat's CUDA kernels (rasterize_to_pixels_fwd.cu).
+ALPHA_MAX = 0.999
+ALPHA_MIN = 1.0 / 255.0
+TRANSMITTANCE_MIN = 1e-4
+
+RenderMode = Literal["RGB", "D", "ED", "RGB+D", "RGB+ED"]
+
+
+def sh_basis(degree: int, dirs: Tensor) -> Tensor:
+    """Real SH basis up to ``degree`` (<= 3) at unit directions ``dirs`` (..., 3) -> (..., (degree+1)^2)."""
+    if not 0 <= degree <= 3:
+        raise ValueError(f"SH degree must be in 0..3, got {degree}")
+    x, y, z = dirs.unbind(-1)
+    out = [torch.full_like(x, SH_C0)]
+    if degree >= 1:
+        out += [-SH_C1 * y, SH_C1 * z, -SH_C1 * x]
+    if degree >= 2:
+        xx, yy, zz = x * x, y * y, z * z
+        out += [
+            SH_C2[0] * x * y,
+            SH_C2[1] * y * z,
+            SH_C2[2] * (2.0 * zz - xx - yy),
+            SH_C2[3] * x * z,
+            SH_C2[4] * (xx - yy),
+        ]
+    if degree >= 3:
+        out += [
+            SH_C3[0] * y * (3.0 * xx - yy),
+            SH_C3[1] * x * y * z,
+            SH_C3[2] * y * (4.0 * zz - xx - yy),
+            SH_C3[3] * z * (2.0 * zz - 3.0 * xx - 3.0 * yy),
+            SH_C3[4] * x * (4.0 * zz - xx - yy),
+            SH_C3[5] * z * (xx - yy),
+            SH_C3[6] * x * (xx - 3.0 * yy),
+        ]
+    return torch.stack(out, dim=-1)
+
+
+def eval_sh(degree: int, dirs: Tensor, coeffs: Tensor) -> Tensor:
+    """Evaluate SH ``coeffs`` (..., K, 3) with K >= (degree+1)^2 along ``dirs`` (..., 3) -> (..., 3).
+
+    Directions need not be unit length (they are normalised here, as gsplat does).
+    """
+    n_coeffs = (degree + 1) ** 2
+    if coeffs.shape[-2] < n_coeffs:
+        raise ValueError(f"SH degree {degree} needs {n_coeffs} coefficients, got {coeffs.shape[-2]}")
+    basis = sh_basis(degree, torch.nn.functional.normalize(dirs, dim=-1))
+    return (basis.unsqueeze(-1) * coeffs[..., :n_coeffs, :]).sum(dim=-2)
+
+
+def quat_to_rotmat(quats: Tensor) -> Tensor:
+    """Rotation matrices (..., 3, 3) from quaternions (..., 4) in wxyz order (normalised here)."""
+    w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
+    rows = [
+        1 - 2 * (y * y + z * z),
+        2 * (x * y - w * z),
+        2 * (x * z + w * y),
+        2 * (x * y + w * z),
+        1 - 2 * (x * x + z * z),
+        2 * (y * z - w * x),
+        2 * (x * z - w * y),
+        2 * (y * z + w * x),
+        1 - 2 * (x * x + y * y),
+    ]
+    return torch.stack(rows, dim=-1).reshape(*quats.shape[:-1], 3, 3)
+
+
+def project_gaussians(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    eps2d: float = 0.3,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    radius_clip: float = 0.0,
+) -> dict[str, Tensor]:
+    """EWA-project N Gaussians into C pinhole cameras (gsplat's ``fully_fused_projection``, unpacked).
+
+    Returns ``means2d`` (C,N,2) pixels, ``depths`` (C,N) camera z, ``conics`` (C,N,3) inverse of the
+    blurred 2D covariance (xx, xy, yy), ``radii`` (C,N) int32 (0 = culled) and ``compensations``
+    (C,N), the opacity factor that keeps the blur energy-preserving in antialiased mode.
+    """
+    rot = quat_to_rotmat(quats)  # (N,3,3)
+    m = rot * scales.unsqueeze(-2)  # R @ diag(s)
+    covars = m @ m.transpose(-1, -2)  # (N,3,3)
+
+    r_cam = viewmats[:, :3, :3]  # (C,3,3)
+    t_cam = viewmats[:, :3, 3]
+    means_c = torch.einsum("cij,nj->cni", r_cam, means) + t_cam[:, None, :]  # (C,N,3)
+    covars_c = torch.einsum("cij,njk,clk->cnil", r_cam, covars, r_cam)  # (C,N,3,3)
+
+    fx, fy = Ks[:, 0, 0, None], Ks[:, 1, 1, None]
+    cx, cy = Ks[:, 0, 2, None], Ks[:, 1, 2, None]
+    x, y, z = means_c.unbind(-1)
+    # gsplat clamps the Jacobian's x/z, y/z to 1.3x the field of view to keep off-screen Gaussians sane.
+    tan_fovx, tan_fovy = 0.5 * width / fx, 0.5 * height / fy
+    lim_x_pos, lim_x_neg = (width - cx) / fx + 0.3 * tan_fovx, cx / fx + 0.3 * tan_fovx
+    lim_y_pos, lim_y_neg = (height - cy) / fy + 0.3 * tan_fovy, cy / fy + 0.3 * tan_fovy
+    rz = 1.0 / z
+    tx = z * torch.minimum(lim_x_pos, torch.maximum(-lim_x_neg, x * rz))
+    ty = z * torch.minimum(lim_y_pos, torch.maximum(-lim_y_neg, y * rz))
+    zeros = torch.zeros_like(z)
+    jac = torch.stack([fx * rz, zeros, -fx * tx * rz * rz, zeros, fy * rz, -fy * ty * rz * rz], dim=-1).reshape(
+        *z.shape, 2, 3
+    )
+    cov2d = jac @ covars_c @ jac.transpose(-1, -2)  # (C,N,2,2)
+    means2d = torch.stack([fx * x * rz + cx, fy * y * rz + cy], dim=-1)
+
+    a, b, c = cov2d[..., 0, 0], cov2d[..., 0, 1], cov2d[..., 1, 1]
+    det_orig = a * c - b * b
+    a, c = a + eps2d, c + eps2d
+    det = a * c - b * b
+    compensations = torch.sqrt(torch.clamp(det_orig / det, min=0.0))
+    det_ok = det > 0
+    safe_det = torch.where(det_ok, det, torch.ones_like(det))
+    conics = torch.stack([c / safe_det, -b / safe_det, a / safe_det], dim=-1)
+
+    with torch.no_grad():
+        half_trace = 0.5 * (a + c)
+        lambda_max = half_trace + torch.sqrt(torch.clamp(half_trace * half_trace - det, min=0.01))
+        radius = torch.ceil(3.0 * torch.sqrt(torch.clamp(lambda_max, min=0.0)))
+        mx, my = means2d[..., 0], means2d[..., 1]
+        visible = (
+            det_ok
+            & (z >= near_plane)
+            & (z <= far_plane)
+            & (radius > radius_clip)
+            & (mx + radius > 0)
+            & (mx - radius < width)
+            & (my + radius > 0)
+            & (my - radius < height)
+        )
+        radii = torch.where(visible, radius, torch.zeros_like(radius)).to(torch.int32)
+    return {
+        "means2d": means2d,
+        "depths": z,
+        "conics": conics,
+        "radii": radii,
+        "compensations": compensations,
+    }
+
+
+def _tile_ranges(means2d: Tensor, radii: Tensor, tile_size: int, tiles_x: int, tiles_y: int) -> Tensor:
+    """Per-Gaussian [x0, y0, x1, y1) tile ranges, computed exactly as gsplat's ``isect_tiles``."""
+    with torch.no_grad():
+        r = radii.to(means2d.dtype) / tile_size
+        tx, ty = means2d[..., 0] / tile_size, means2d[..., 1] / tile_size
+        x0 = torch.floor(tx - r).clamp(0, tiles_x)
+        y0 = torch.floor(ty - r).clamp(0, tiles_y)
+        x1 = torch.ceil(tx + r).clamp(0, tiles_x)
+        y1 = torch.ceil(ty + r).clamp(0, tiles_y)
+        return torch.stack([x0, y0, x1, y1], dim=-1).long()
+
+
+def _abs_accumulator(target: Tensor, ids: Tensor) -> Callable[[Tensor], None]:
+    """Backward hook adding |d loss / d pixel offset| summed over pixels to ``target[ids]`` (gsplat's absgrad)."""
+
+    def hook(grad: Tensor) -> None:
+        target.index_add_(0, ids, grad.abs().sum(0))
+
+    return hook
+
+
+def _composite_block(
+    ids: Tensor,
+    means2d: Tensor,
+    conics: Tensor,
+    opacities: Tensor,
+    features: Tensor,
+    tiles: Tensor,
+    x0: int,
+    y0: int,
+    x1: int,
+    y1: int,
+    tile_size: int,
+    chunk_size: int,
+    absgrad: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """Front-to-back compositing of the depth-sorted Gaussians ``ids`` over pixels [x0,x1)x[y0,y1).
+
+    Returns the accumulated features (h, w, D) and alpha (h, w, 1).
+    """
+    h, w = y1 - y0, x1 - x0
+    device, dtype = means2d.device, means2d.dtype
+    ys, xs = torch.meshgrid(torch.arange(y0, y1, device=device), torch.arange(x0, x1, device=device), indexing="ij")
+    px = (xs.reshape(-1, 1) + 0.5).to(dtype)
+    py = (ys.reshape(-1, 1) + 0.5).to(dtype)
+    tile_x, tile_y = xs.reshape(-1, 1) // tile_size, ys.reshape(-1, 1) // tile_size
+    out = features.new_zeros(h * w, features.shape[-1])
+    trans = means2d.new_ones(h * w)
+    done = torch.zeros(h * w, dtype=torch.bool, device=device)
+    for start in range(0, ids.numel(), chunk_size):
+        g = ids[start : start + chunk_size]
+        mu = means2d.index_select(0, g)
+        dx = mu[:, 0][None, :] - px
+        dy = mu[:, 1][None, :] - py
+        if absgrad is not None:
+            dx.register_hook(_abs_accumulator(absgrad[:, 0], g))
+            dy.register_hook(_abs_accumulator(absgrad[:, 1], g))
+        con = conics.index_select(0, g)
+        sigma = 0.5 * (con[:, 0] * dx * dx + con[:, 2] * dy * dy) + con[:, 1] * dx * dy
+        alpha = torch.clamp_max(opacities.index_select(0, g)[None, :] * torch.exp(-sigma), ALPHA_MAX)
+        # gsplat only lets a Gaussian touch pixels inside the tiles its 3-sigma box overlaps.
+        t = tiles.index_select(0, g)
+        in_tiles = (tile_x >= t[:, 0]) & (tile_x < t[:, 2]) & (tile_y >= t[:, 1]) & (tile_y < t[:, 3])
+        keep = in_tiles & (sigma >= 0) & (alpha >= ALPHA_MIN) & ~done[:, None]
+        alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
+        t_incl = trans[:, None] * torch.cumprod(1.0 - alpha, dim=1)
+        t_excl = torch.cat([trans[:, None], t_incl[:, :-1]], dim=1)
+        # A Gaussian that would push transmittance to <= 1e-4 ends the pixel and is not drawn.
+        alive = t_incl > TRANSMITTANCE_MIN
+        weights = torch.where(alive, alpha * t_excl, torch.zeros_like(alpha))
+        out = out + weights @ features.index_select(0, g)
+        # Carry T as a product (not 1 - sum of weights) so it keeps its relative precision when small.
+        n_alive = alive.sum(dim=1, keepdim=True)
+        trans = torch.cat([trans[:, None], t_incl], dim=1).gather(1, n_alive).squeeze(1)
+        done = done | ~alive[:, -1]
+        if bool(done.all()):
+            break
+    acc = (1.0 - trans).reshape(h, w, 1)
+    return out.reshape(h, w, -1), acc
+
+
+def rasterization(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    colors: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    radius_clip: float = 0.0,
+    eps2d: float = 0.3,
+    sh_degree: int | None = None,
+    packed: bool = False,
+    tile_size: int = 16,
+    backgrounds: Tensor | None = None,
+    render_mode: RenderMode = "RGB",
+    sparse_grad: bool = False,
+    absgrad: bool = False,
+    rasterize_mode: Literal["classic", "antialiased"] = "classic",
+    camera_model: str = "pinhole",
+    block_size: int = 32,
+    chunk_size: int = 256,
+    **unused: Any,
+) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    """Render N Gaussians into C cameras; a CPU stand-in for ``gsplat.rasterization`` (1.4.0 layout).
+
+    Args follow gsplat: ``means`` (N,3), ``quats`` (N,4) wxyz, ``scales`` (N,3) and ``opacities`` (N,)
+    activated, ``colors`` (N,D) / (C,N,D) or SH coefficients (N,K,3) / (C,N,K,3) with ``sh_degree``,
+    ``viewmats`` (C,4,4) world-to-camera OpenCV, ``Ks`` (C,3,3) pixels. ``block_size`` (a multiple of
+    ``tile_size``) and ``chunk_size`` bound memory. Extra gsplat keyword arguments (e.g.
+    ``channel_chunk``) are accepted and ignored.
+
+    Returns ``render_colors`` (C,H,W,D[+1]), ``render_alphas`` (C,H,W,1) and ``info``.
+    """
+    if packed or sparse_grad:
+        raise ValueError("the PyTorch rasterizer supports packed=False and sparse_grad=False only")
+    if camera_model != "pinhole":
+        raise ValueError(f"the PyTorch rasterizer supports the pinhole camera model only, got {camera_model!r}")
+    if render_mode not in ("RGB", "D", "ED", "RGB+D", "RGB+ED"):
+        raise ValueError(f"unknown render_mode {render_mode!r}")
+    if block_size % tile_size:
+        raise ValueError(f"block_size {block_size} must be a multiple of tile_size {tile_size}")
+    n_cams = viewmats.shape[0]
+    proj = project_gaussians(
+        means, quats, scales, viewmats, Ks, width, height, eps2d, near_plane, far_plane, radius_clip
+    )
+    means2d, depths, conics, radii = proj["means2d"], proj["depths"], proj["conics"], proj["radii"]
+    opac = opacities[None, :].expand(n_cams, -1)
+    if rasterize_mode == "antialiased":
+        opac = opac * proj["compensations"]
+    elif rasterize_mode != "classic":
+        raise ValueError(f"unknown rasterize_mode {rasterize_mode!r}")
+
+    if sh_degree is None:
+        feats = colors if colors.dim() == 3 else colors[None].expand(n_cams, -1, -1)
+    else:
+        shs = colors if colors.dim() == 4 else colors[None].expand(n_cams, -1, -1, -1)
+        campos = torch.linalg.inv(viewmats)[:, :3, 3]
+        dirs = means[None, :, :] - campos[:, None, :]
+        rgb = eval_sh(sh_degree, dirs, shs) * (radii > 0)[..., None]
+        feats = torch.clamp_min(rgb + 0.5, 0.0)
+    if render_mode in ("D", "ED"):
+        feats = depths[..., None]
+    elif render_mode in ("RGB+D", "RGB+ED"):
+        feats = torch.cat([feats, depths[..., None]], dim=-1)
+
+    absgrad_buf = means2d.new_zeros(means2d.shape) if absgrad else None
+    if absgrad_buf is not None:
+        means2d.absgrad = absgrad_buf  # filled by hooks during backward, like gsplat's CUDA backward
+    tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
+    tile_ranges = _tile_ranges(means2d, radii, tile_size, tiles_x, tiles_y)
+
+    images, alphas = [], []
+    for cam in range(n_cams):
+        visible = torch.nonzero(radii[cam] > 0).squeeze(-1)
+        order = visible[torch.argsort(depths[cam, visible].detach(), stable=True)]
+        t = tile_ranges[cam, order]
+        cam_absgrad = absgrad_buf[cam] if absgrad_buf is not None else None
+        rows_c, rows_a = [], []
+        for y0 in range(0, height, block_size):
+            y1 = min(y0 + block_size, height)
+            cols_c, cols_a = [], []
+            for x0 in range(0, width, block_size):
+                x1 = min(x0 + block_size, width)
+                bx0, by0 = x0 // tile_size, y0 // tile_size
+                bx1, by1 = math.ceil(x1 / tile_size), math.ceil(y1 / tile_size)
+                hit = (t[:, 0] < bx1) & (t[:, 2] > bx0) & (t[:, 1] < by1) & (t[:, 3] > by0)
+                c, a = _composite_block(
+                    order[hit],
+                    means2d[cam],
+                    conics[cam],
+                    opac[cam],
+                    feats[cam],
+                    tile_ranges[cam],
+                    x0,
+                    y0,
+                    x1,
+                    y1,
+                    tile_size,
+                    chunk_size,
+                    cam_absgrad,
+                )
+                cols_c.append(c)
+                cols_a.append(a)
+            rows_c.append(torch.cat(cols_c, dim=1))
+            rows_a.append(torch.cat(cols_a, dim=1))
+        images.append(torch.cat(rows_c, dim=0))
+        alphas.append(torch.cat(rows_a, dim=0))
+    render_colors = torch.stack(images)
+    render_alphas = torch.stack(alphas)
+
+    if backgrounds is not None:
+        bg = backgrounds
+        if render_mode in ("RGB+D", "RGB+ED"):
+            bg = torch.cat([bg, bg.new_zeros(n_cams, 1)], dim=-1)
+        if render_mode not in ("D", "ED"):
+            render_colors = render_colors + (1.0 - render_alphas) * bg[:, None, None, :]
+    if render_mode in ("ED", "RGB+ED"):
+        expected = render_colors[..., -1:] / render_alphas.clamp(min=1e-10)
+        render_colors = torch.cat([render_colors[..., :-1], expected], dim=-1)
+
+    info: dict[str, Any] = {
+        "camera_ids": None,
+        "gaussian_ids": None,
+        "radii": radii,
+        "means2d": means2d,
+        "depths": depths,
+        "conics": conics,
+        "opacities": opac,
+        "tile_width": tiles_x,
+        "tile_height": tiles_y,
+        "tiles_per_gauss": ((tile_ranges[..., 2] - tile_ranges[..., 0]) * (tile_ranges[..., 3] - tile_ranges[..., 1]))
+        * (radii > 0),
+        "width": width,
+        "height": height,
+        "tile_size": tile_size,
+        "n_cameras": n_cams,
+    }
+    return render_colors, render_alphas, info
