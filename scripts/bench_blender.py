@@ -1,0 +1,93 @@
+"""Benchmark the Blender add-on's bulk imports: 1M splats (target <= 2 s) and 1M points (target <= 1 s).
+
+Files are written by the project's own PLY writers; each import runs through the add-on's operator on a
+fresh factory scene (read + build, as a user triggers it). Prints a table; the last line is JSON.
+
+    .venv/bin/python scripts/bench_blender.py [--count 1000000] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from da3_nerfstudio.formats.ply import SplatData, write_point_cloud_ply, write_splat_ply
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_inputs(folder: Path, n: int) -> dict[str, Path]:
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(n, 3)).astype(np.float32)
+    write_point_cloud_ply(
+        folder / "points.ply",
+        points,
+        rng.integers(0, 256, (n, 3), dtype=np.uint8),
+        rng.uniform(1, 5, n).astype(np.float32),
+    )
+    paths = {"points": folder / "points.ply"}
+    for degree, rest in ((0, 0), (3, 15)):
+        splats = SplatData(
+            means=points,
+            scales_log=rng.uniform(-6, -2, (n, 3)).astype(np.float32),
+            rotations=rng.normal(size=(n, 4)).astype(np.float32),
+            opacity_logit=rng.normal(size=n).astype(np.float32),
+            sh_dc=rng.normal(size=(n, 3)).astype(np.float32),
+            sh_rest=rng.normal(scale=0.1, size=(n, rest, 3)).astype(np.float32),
+        )
+        paths[f"splats_sh{degree}"] = folder / f"splats_sh{degree}.ply"
+        write_splat_ply(paths[f"splats_sh{degree}"], splats)
+    return paths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    import bpy  # imported late: bpy can be imported only once per process and takes ~0.5 s
+
+    with tempfile.TemporaryDirectory(prefix="da3-bench-blender-") as tmp:
+        tmp_path = Path(tmp)
+        (tmp_path / "addons").mkdir()
+        (tmp_path / "addons" / "da3_blender").symlink_to(REPO / "blender_addon", target_is_directory=True)
+        sys.path.insert(0, str(tmp_path / "addons"))
+        import addon_utils
+
+        paths = write_inputs(tmp_path, args.count)
+        cases = [
+            ("points", "import_points", paths["points"], 1.0),
+            ("splats_sh0", "import_splats", paths["splats_sh0"], 2.0),
+            ("splats_sh3", "import_splats", paths["splats_sh3"], 2.0),
+        ]
+        results = {}
+        for name, operator_name, path, target in cases:
+            times = []
+            for _ in range(args.repeats):
+                bpy.ops.wm.read_factory_settings(use_empty=True)
+                addon_utils.enable("da3_blender", default_set=True)
+                operator = getattr(bpy.ops.da3, operator_name)
+                start = time.perf_counter()
+                assert operator(filepath=str(path)) == {"FINISHED"}
+                times.append(time.perf_counter() - start)
+            results[name] = {"best_s": min(times), "target_s": target, "mb": path.stat().st_size / 1e6}
+
+    print(f"bpy {bpy.app.version_string}, {args.count:,} elements, best of {args.repeats}")
+    print(f"{'import':<12} {'file MB':>8} {'best s':>8} {'target s':>9}  ok")
+    for name, r in results.items():
+        ok = "yes" if r["best_s"] <= r["target_s"] else "NO"
+        print(f"{name:<12} {r['mb']:>8.1f} {r['best_s']:>8.3f} {r['target_s']:>9.1f}  {ok}")
+    summary = {"blender": bpy.app.version_string, "count": args.count}
+    summary.update({f"{name}_s": round(r["best_s"], 4) for name, r in results.items()})
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
