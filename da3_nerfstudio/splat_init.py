@@ -1,0 +1,274 @@
+"""Initial Gaussian splats from DA3 output: from depth maps, or from the network's Gaussian head.
+
+Splatfacto normally starts from sparse SfM points with nearest-neighbour scales. DA3 gives much more:
+a dense depth map per view with a confidence, and (giant models) a Gaussian head. Starting from
+Gaussians that already sit on the surface, sized to what one pixel covers, lets training spend its
+budget on appearance instead of on growing geometry.
+
+Conventions are those of :mod:`da3_nerfstudio.geometry`: OpenCV world-to-camera poses, intrinsics in
+the continuous pixel convention (pixel (i, j) has its centre at (j + 0.5, i + 0.5)), z-depth.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from da3_nerfstudio.formats.ply import SplatData
+from da3_nerfstudio.geometry import unproject_depth
+from da3_nerfstudio.rasterize import SH_C0, sh_basis
+
+# Opacities are clipped this far inside (0, 1) so their logits stay finite.
+_OPACITY_EPS = 1e-4
+
+
+def rotmat_to_quat(rot: np.ndarray) -> np.ndarray:
+    """Unit quaternions (..., 4) in w x y z order (w >= 0) of rotation matrices (..., 3, 3)."""
+    rot = np.asarray(rot, dtype=np.float64)
+    r = rot.reshape(-1, 3, 3)
+    m00, m11, m22 = r[..., 0, 0], r[..., 1, 1], r[..., 2, 2]
+    # Magnitudes from the diagonal, signs from the off-diagonal differences: stable for any rotation.
+    w = 0.5 * np.sqrt(np.maximum(0.0, 1.0 + m00 + m11 + m22))
+    x = 0.5 * np.sqrt(np.maximum(0.0, 1.0 + m00 - m11 - m22))
+    y = 0.5 * np.sqrt(np.maximum(0.0, 1.0 - m00 + m11 - m22))
+    z = 0.5 * np.sqrt(np.maximum(0.0, 1.0 - m00 - m11 + m22))
+    q = np.stack([w, x, y, z], axis=-1)
+    big = np.argmax(q, axis=-1)
+    # Recover the other three components from the largest one (avoids dividing by a tiny value).
+    sx = r[..., 2, 1] - r[..., 1, 2]
+    sy = r[..., 0, 2] - r[..., 2, 0]
+    sz = r[..., 1, 0] - r[..., 0, 1]
+    pxy = r[..., 0, 1] + r[..., 1, 0]
+    pxz = r[..., 0, 2] + r[..., 2, 0]
+    pyz = r[..., 1, 2] + r[..., 2, 1]
+    out = np.empty(q.shape)
+    for k, (a, b, c, d) in enumerate(
+        [(4 * w * w, sx, sy, sz), (sx, 4 * x * x, pxy, pxz), (sy, pxy, 4 * y * y, pyz), (sz, pxz, pyz, 4 * z * z)]
+    ):
+        sel = big == k
+        denom = 4 * q[..., k][sel]
+        out[sel] = np.stack([a[sel], b[sel], c[sel], d[sel]], axis=-1) / denom[..., None]
+    out *= np.where(out[..., :1] < 0, -1.0, 1.0)
+    return out.reshape(*rot.shape[:-2], 4)
+
+
+def quat_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamilton product a * b of w x y z quaternions (the rotation b followed by a)."""
+    aw, ax, ay, az = np.moveaxis(np.asarray(a, dtype=np.float64), -1, 0)
+    bw, bx, by, bz = np.moveaxis(np.asarray(b, dtype=np.float64), -1, 0)
+    return np.stack(
+        [
+            aw * bw - ax * bx - ay * by - az * bz,
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+        ],
+        axis=-1,
+    )
+
+
+def rotate_sh_rest(sh_rest: np.ndarray, rot: np.ndarray) -> np.ndarray:
+    """Rotate higher-order SH coefficients (N, K, 3) of view-dependent colour by a world rotation.
+
+    After rotating the scene by ``rot`` a splat must show in direction ``rot @ d`` the colour it showed
+    in ``d``. Each SH band is closed under rotation, so the band's linear map is found exactly by a
+    least-squares fit of the basis on well-spread sample directions (no Wigner-D conventions needed).
+    """
+    k = sh_rest.shape[1]
+    if k == 0:
+        return sh_rest
+    degree = math.isqrt(k + 1) - 1
+    n_dirs = 4 * (degree + 1) ** 2 + 16
+    i = np.arange(n_dirs) + 0.5
+    zc = 1 - 2 * i / n_dirs
+    phi = math.pi * (3 - math.sqrt(5)) * i
+    dirs = np.stack([np.sqrt(1 - zc**2) * np.cos(phi), np.sqrt(1 - zc**2) * np.sin(phi), zc], axis=-1)
+    rot = np.asarray(rot, dtype=np.float64)
+    basis = sh_basis(degree, torch.from_numpy(dirs)).numpy()  # Y(d)
+    rotated = sh_basis(degree, torch.from_numpy(dirs @ rot.T)).numpy()  # Y(R d)
+    out = np.empty_like(sh_rest)
+    for level in range(1, degree + 1):
+        band = slice(level * level, (level + 1) ** 2)
+        # New coefficients c' satisfy Y(R d) c' = Y(d) c for all d  ->  c' = M c.
+        m, *_ = np.linalg.lstsq(rotated[:, band], basis[:, band], rcond=None)
+        rest_band = slice(level * level - 1, (level + 1) ** 2 - 1)
+        out[:, rest_band] = np.einsum("ij,njc->nic", m, sh_rest[:, rest_band].astype(np.float64))
+    return out
+
+
+def transform_splats(splats: SplatData, transform: np.ndarray, scale: float = 1.0) -> SplatData:
+    """Apply the similarity x -> scale * (R x + t) to splats (``transform`` is (3,4) or (4,4) [R|t]).
+
+    This is how nerfstudio normalises a dataset (orientation, centring, then scale): positions,
+    scales, rotations and view-dependent colour all follow, so a splat renders the same from the
+    correspondingly transformed camera.
+    """
+    t = np.asarray(transform, dtype=np.float64)
+    rot, trans = t[:3, :3], t[:3, 3]
+    if not np.allclose(rot @ rot.T, np.eye(3), atol=1e-5) or np.linalg.det(rot) < 0:
+        raise ValueError("transform must hold a proper rotation")
+    q_rot = rotmat_to_quat(rot)
+    return SplatData(
+        means=scale * (splats.means.astype(np.float64) @ rot.T + trans),
+        scales_log=splats.scales_log + math.log(scale),
+        rotations=quat_multiply(q_rot, splats.rotations),
+        opacity_logit=splats.opacity_logit,
+        sh_dc=splats.sh_dc,
+        sh_rest=rotate_sh_rest(splats.sh_rest, rot),
+    )
+
+
+def _as_views(array: np.ndarray | Tensor, name: str, ndim: int) -> np.ndarray:
+    """A (V, ...) float64 numpy array from a numpy array or tensor with ``ndim`` dims per view."""
+    a = array.detach().cpu().numpy() if isinstance(array, Tensor) else np.asarray(array)
+    if a.ndim == ndim:
+        a = a[None]
+    if a.ndim != ndim + 1:
+        raise ValueError(f"{name} must have {ndim} or {ndim + 1} dimensions, got shape {a.shape}")
+    return a
+
+
+def splats_from_depth(
+    images: np.ndarray | Tensor,
+    depths: np.ndarray | Tensor,
+    w2c: np.ndarray | Tensor,
+    intrinsics: np.ndarray | Tensor,
+    confidences: np.ndarray | Tensor | None = None,
+    *,
+    stride: int = 1,
+    confidence_percentile: float = 0.0,
+    scale_mult: float = 0.5,
+    thickness: float = 1.0,
+    opacity_range: tuple[float, float] = (0.5, 0.9),
+    max_gaussians: int | None = None,
+    seed: int = 0,
+) -> SplatData:
+    """One Gaussian per kept pixel of each depth map, at that pixel centre's depth.
+
+    Args:
+        images: (V,H,W,3) uint8 or float in [0,1] colours (or (H,W,3) for one view).
+        depths: (V,H,W) z-depth; pixels with depth <= 0 or non-finite are skipped.
+        w2c: (V,3,4) or (V,4,4) OpenCV world-to-camera poses.
+        intrinsics: (V,3,3) pixel intrinsics of the depth maps' resolution.
+        confidences: optional (V,H,W); higher means more reliable.
+        stride: keep every ``stride``-th pixel in x and y; the Gaussians grow to cover the gap.
+        confidence_percentile: per view, drop pixels whose confidence is below this percentile (0-100).
+        scale_mult: in-image standard deviation in units of the sample spacing (``stride`` pixels):
+            the camera-x/y scales are ``scale_mult * stride * depth / f``, so a Gaussian's footprint in
+            its source view is isotropic and the same size in pixels wherever it is.
+        thickness: scale along the camera's viewing axis relative to the in-image scale (1 = sphere,
+            small = a disc facing the source camera).
+        opacity_range: opacity of the least and the most confident kept pixel (linear in confidence
+            rank within the view); without confidences every Gaussian gets the upper value.
+        max_gaussians: if more pixels are kept, a random subset of this size (``seed``) is returned.
+
+    Returns:
+        :class:`SplatData` with SH degree 0 (colour as the DC term, C0 = 0.28209479177387814).
+    """
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    lo, hi = opacity_range
+    if not 0.0 < lo <= hi < 1.0:
+        raise ValueError(f"opacity_range must satisfy 0 < low <= high < 1, got {opacity_range}")
+    imgs = _as_views(images, "images", 3)
+    deps = _as_views(depths, "depths", 2).astype(np.float64)
+    poses = _as_views(w2c, "w2c", 2).astype(np.float64)
+    ks = _as_views(intrinsics, "intrinsics", 2).astype(np.float64)
+    confs = None if confidences is None else _as_views(confidences, "confidences", 2).astype(np.float64)
+    n_views, height, width = deps.shape
+    if imgs.shape[:3] != deps.shape or imgs.shape[-1] != 3:
+        raise ValueError(f"images must be (V,H,W,3) matching depths {deps.shape}, got {imgs.shape}")
+    if confs is not None and confs.shape != deps.shape:
+        raise ValueError(f"confidences must match depths {deps.shape}, got {confs.shape}")
+    colors = imgs.astype(np.float64) / 255.0 if np.issubdtype(imgs.dtype, np.integer) else imgs.astype(np.float64)
+
+    rows = np.arange(stride // 2, height, stride)
+    cols = np.arange(stride // 2, width, stride)
+    points = unproject_depth(deps, ks, poses)  # (V,H,W,3)
+    parts: list[dict[str, np.ndarray]] = []
+    for v in range(n_views):
+        d = deps[v][np.ix_(rows, cols)]
+        keep = np.isfinite(d) & (d > 0)
+        opacity = np.full(d.shape, hi)
+        if confs is not None:
+            c = confs[v][np.ix_(rows, cols)]
+            keep &= np.isfinite(c)
+            if confidence_percentile > 0 and keep.any():
+                keep &= c >= np.percentile(c[keep], confidence_percentile)
+            if keep.sum() > 1:
+                ranks = np.argsort(np.argsort(c[keep], kind="stable"), kind="stable") / (keep.sum() - 1)
+                opacity[keep] = lo + (hi - lo) * ranks
+        z = d[keep]
+        c2w_rot = poses[v, :3, :3].T
+        footprint = scale_mult * stride * z
+        scales = np.stack(
+            [footprint / ks[v, 0, 0], footprint / ks[v, 1, 1], thickness * footprint / ks[v, :2, :2].diagonal().mean()],
+            axis=-1,
+        )
+        parts.append(
+            {
+                "means": points[v][np.ix_(rows, cols)][keep],
+                "scales": scales,
+                "rotations": np.broadcast_to(rotmat_to_quat(c2w_rot), (len(z), 4)),
+                "opacities": opacity[keep],
+                "rgb": colors[v][np.ix_(rows, cols)][keep],
+            }
+        )
+    merged = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    if max_gaussians is not None and len(merged["means"]) > max_gaussians:
+        pick = np.sort(np.random.default_rng(seed).choice(len(merged["means"]), max_gaussians, replace=False))
+        merged = {key: value[pick] for key, value in merged.items()}
+    opacities = np.clip(merged["opacities"], _OPACITY_EPS, 1 - _OPACITY_EPS)
+    return SplatData(
+        means=merged["means"],
+        scales_log=np.log(np.maximum(merged["scales"], 1e-12)),
+        rotations=merged["rotations"],
+        opacity_logit=np.log(opacities) - np.log1p(-opacities),
+        sh_dc=(merged["rgb"] - 0.5) / SH_C0,
+        sh_rest=np.zeros((len(opacities), 0, 3)),
+    )
+
+
+def splats_from_gaussian_head(
+    gaussians: Mapping[str, np.ndarray | Tensor],
+    *,
+    min_opacity: float = 0.0,
+    max_gaussians: int | None = None,
+    seed: int = 0,
+) -> SplatData:
+    """Convert the DA3 Gaussian head's world-space output to :class:`SplatData`.
+
+    ``gaussians`` holds ``means`` (N,3), ``scales`` (N,3) standard deviations, ``rotations`` (N,4)
+    w x y z, ``harmonics`` (N,3,9) SH degree 2 per colour channel and ``opacities`` (N,) in (0,1); a
+    leading batch dimension of 1 is accepted. Gaussians with non-finite values or an opacity below
+    ``min_opacity`` are dropped; ``max_gaussians`` keeps a random subset (``seed``).
+    """
+    missing = [k for k in ("means", "scales", "rotations", "harmonics", "opacities") if k not in gaussians]
+    if missing:
+        raise ValueError(f"Gaussian head output lacks {', '.join(missing)}")
+    arrays: dict[str, np.ndarray] = {}
+    for key, ndim in (("means", 2), ("scales", 2), ("rotations", 2), ("harmonics", 3), ("opacities", 1)):
+        value = gaussians[key]
+        a = value.detach().float().cpu().numpy() if isinstance(value, Tensor) else np.asarray(value)
+        if a.ndim == ndim + 1 and a.shape[0] == 1:
+            a = a[0]
+        if a.ndim != ndim:
+            raise ValueError(f"Gaussian head {key} must have {ndim} dimensions (or a batch of 1), got {a.shape}")
+        arrays[key] = a.astype(np.float64)
+    n = len(arrays["means"])
+    flat = np.concatenate([arrays[k].reshape(n, -1) for k in arrays], axis=1)
+    keep = np.isfinite(flat).all(axis=1) & (arrays["opacities"] >= min_opacity)
+    index = np.flatnonzero(keep)
+    if max_gaussians is not None and len(index) > max_gaussians:
+        index = np.sort(np.random.default_rng(seed).choice(index, max_gaussians, replace=False))
+    return SplatData.from_activated(
+        means=arrays["means"][index],
+        scales=arrays["scales"][index],
+        rotations=arrays["rotations"][index],
+        opacities=arrays["opacities"][index],
+        sh_coeffs=arrays["harmonics"][index],
+    )
