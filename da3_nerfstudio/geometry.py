@@ -178,7 +178,9 @@ def align_cameras_sim3(w2c_src: Array, w2c_dst: Array) -> tuple[Array | float, A
     Camera centres alone cannot fix the rotation about the baseline of two cameras, so the rotation
     comes from the orientations: it is the chordal L2 mean of R_dst_c2w R_src_c2w^T over the
     cameras (exact when the cameras agree). Scale and translation then follow from the centres by
-    least squares; with a single camera (or coincident centres) the scale is 1. Works for N >= 1.
+    least squares, falling back to the ratio of the centres' spreads when that is not positive (so
+    the scale is always > 0); with a single camera (or coincident centres) the scale is 1. Works
+    for N >= 1.
     """
     a = _to_torch(w2c_src)
     b = _to_torch(w2c_dst, a)
@@ -200,7 +202,9 @@ def align_cameras_sim3(w2c_src: Array, w2c_dst: Array) -> tuple[Array | float, A
     if denom > 1e-24 * max(1.0, float((c_src * c_src).sum())):
         s = (rs * (c_dst - mu_dst)).sum() / denom
         if s <= 0:
-            raise ValueError("align_cameras_sim3: the camera centres imply a non-positive scale")
+            # Centres that disagree this badly (e.g. an untrained network) give no usable sign;
+            # the ratio of the two spreads is still a positive, exact-on-exact-data scale.
+            s = torch.sqrt(((c_dst - mu_dst) ** 2).sum() / denom)
     else:
         s = torch.ones((), dtype=torch.float64, device=a.device)
     t = mu_dst - s * R @ mu_src

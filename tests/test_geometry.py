@@ -219,6 +219,31 @@ def test_cameras_from_rays_ignores_invalid_rays():
     assert_cameras(w2c, K_est, rot, centres, K)
 
 
+def test_cameras_from_rays_with_few_scattered_valid_rays():
+    """A large ray map where only ~300 scattered rays are usable (too few for the coarse sub-grid)."""
+    rng = np.random.default_rng(9)
+    size, grid = (378, 504), (216, 288)
+    rot, centres, K = random_cameras(rng, 2, size)
+    rays = ray_map(rng, rot, centres, K, size, grid)
+    weights = rng.uniform(5.0, 20.0, size=rays.shape[:3])
+    keep = rng.random(rays.shape[:3]) < 0.005
+    rays[~keep, :3] = np.nan
+    w2c, K_est = cameras_from_rays(rays, weights, size)
+    assert_cameras(w2c, K_est, rot, centres, K)
+
+
+def test_cameras_from_rays_survives_garbage():
+    """Pure noise (an untrained network) yields finite, well-formed cameras rather than an exception."""
+    rays = torch.randn(3, 40, 56, 6, generator=torch.Generator().manual_seed(0))
+    weights = torch.rand(3, 40, 56, generator=torch.Generator().manual_seed(1)) + 1.0
+    w2c, K = cameras_from_rays(rays, weights, (280, 392))
+    assert torch.isfinite(w2c).all() and torch.isfinite(K).all()
+    rot = w2c[:, :, :3].double()
+    assert torch.allclose(rot @ rot.transpose(1, 2), torch.eye(3, dtype=torch.float64).expand(3, 3, 3), atol=1e-5)
+    assert torch.allclose(torch.linalg.det(rot), torch.ones(3, dtype=torch.float64), atol=1e-5)
+    assert (K[:, 0, 0] > 0).all() and (K[:, 1, 1] > 0).all() and (K[:, 2, 2] == 1).all()
+
+
 def test_cameras_from_rays_rejects_unusable_views():
     rng = np.random.default_rng(8)
     size, grid = (300, 400), (30, 40)
@@ -279,6 +304,18 @@ def test_align_cameras_sim3_two_cameras_fixes_rotation_about_baseline():
     s, R_est, t = align_cameras_sim3(torch.from_numpy(w2c_src), torch.from_numpy(w2c_dst))
     assert isinstance(R_est, torch.Tensor) and abs(float(s) - 1.0) < 1e-12
     assert np.abs(R_est.numpy() - R).max() < 1e-12 and np.abs(t.numpy()).max() < 1e-12
+
+
+def test_align_cameras_sim3_scale_stays_positive():
+    """Centres that point-mirror each other give a negative least-squares scale; the spread ratio is used."""
+    rng = np.random.default_rng(22)
+    rot = random_rotations(rng, 4)
+    c_src = rng.normal(size=(4, 3))
+    c_dst = -2.0 * c_src
+    s, _, _ = align_cameras_sim3(w2c_from(rot, c_src), w2c_from(rot, c_dst))
+    c_src_centred, c_dst_centred = c_src - c_src.mean(0), c_dst - c_dst.mean(0)
+    spread_ratio = np.sqrt((c_dst_centred**2).sum() / (c_src_centred**2).sum())
+    assert abs(spread_ratio - 2.0) < 1e-12 and abs(s - spread_ratio) < 1e-12
 
 
 def test_apply_sim3_to_w2c_scales_camera_coordinates():
