@@ -97,17 +97,12 @@ def _as_array(value: np.ndarray | torch.Tensor | None, name: str, n: int, shapes
     return arr
 
 
-def normalize_extrinsics(w2c: np.ndarray) -> tuple[np.ndarray, tuple[float, np.ndarray, np.ndarray]]:
-    """Official pose normalisation: view 0 becomes the identity and the median camera distance 1.
-
-    Returns the normalised (N,4,4) cameras and the similarity (s, R, t) of that change of frame.
-    """
-    first = to_homogeneous(w2c[0])
-    rel = to_homogeneous(w2c) @ np.linalg.inv(first)
+def normalize_extrinsics(w2c: np.ndarray) -> np.ndarray:
+    """Official pose normalisation: view 0 becomes the identity and the median camera distance 1."""
+    rel = to_homogeneous(w2c) @ np.linalg.inv(to_homogeneous(w2c[0]))
     centres = -np.einsum("nji,nj->ni", rel[:, :3, :3], rel[:, :3, 3])
-    scale = max(float(np.median(np.linalg.norm(centres, axis=-1))), MIN_POSE_SCALE)
-    rel[:, :3, 3] /= scale
-    return rel, (1 / scale, first[:3, :3], first[:3, 3] / scale)
+    rel[:, :3, 3] /= max(float(np.median(np.linalg.norm(centres, axis=-1))), MIN_POSE_SCALE)
+    return rel
 
 
 def _common_processed_size(images: Sequence[ImageSource], res: int, method: str) -> tuple[int | None, int | None]:
@@ -286,8 +281,7 @@ class DA3Predictor:
         x = batch.tensor[None].to(self.device, non_blocking=True)
         ext = ixt = None
         if w2c is not None:
-            normalized, normalization = normalize_extrinsics(w2c[start:stop])
-            ext = torch.from_numpy(normalized)[None].float().to(self.device)
+            ext = torch.from_numpy(normalize_extrinsics(w2c[start:stop]))[None].float().to(self.device)
             ixt = torch.from_numpy(batch.intrinsics)[None].float().to(self.device)
         dtype = _autocast_dtype(self.device)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
@@ -299,13 +293,7 @@ class DA3Predictor:
             result.update({f"gs_{k}": v[0].float().cpu().numpy() for k, v in out["gaussians"].items()})
         if w2c is not None:
             # Map the prediction's frame onto the caller's: X_pred = s R X_in + t, fitted as officially.
-            try:
-                s, R, t = align_cameras_sim3(w2c[start:stop], result["extrinsics"].astype(np.float64))
-            except ValueError:
-                logger.warning(
-                    "predicted cameras do not fit the given ones (negative scale); using the conditioning frame"
-                )
-                s, R, t = normalization
+            s, R, t = align_cameras_sim3(w2c[start:stop], result["extrinsics"].astype(np.float64))
             result["extrinsics"] = w2c[start:stop, :3].astype(np.float32)
             result["intrinsics"] = batch.intrinsics.astype(np.float32)
             result["depth"] = result["depth"] / s
