@@ -204,3 +204,17 @@ def test_bad_input_is_reported_with_the_file_name(small_predictor: DA3Predictor,
         small_predictor.predict(paths[:2], w2c[:2])
     with pytest.raises(InputError, match="no Gaussian head"):
         small_predictor.predict(paths[:2], infer_gs=True)
+
+
+def test_ray_pose_path_is_deterministic(small_predictor: DA3Predictor) -> None:
+    """use_ray_pose solves cameras from the ray maps (solver exactness is in test_geometry)."""
+    paths, _, _, _ = room()
+    a = small_predictor.predict(paths[:3], process_res=112, use_ray_pose=True)
+    b = small_predictor.predict(paths[:3], process_res=112, use_ray_pose=True)
+    cam = small_predictor.predict(paths[:3], process_res=112)
+    assert np.isfinite(a.extrinsics).all() and np.isfinite(a.intrinsics).all()
+    np.testing.assert_array_equal(a.extrinsics, b.extrinsics)
+    np.testing.assert_array_equal(a.depth, cam.depth)
+    assert not np.allclose(a.intrinsics, cam.intrinsics), "ray and camera-decoder paths should differ"
+    rot = a.extrinsics[:, :, :3].astype(np.float64)
+    np.testing.assert_allclose(rot @ rot.transpose(0, 2, 1), np.broadcast_to(np.eye(3), rot.shape), atol=1e-5)
