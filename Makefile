@@ -3,6 +3,10 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# A second environment with Blender 5.x (bpy 5.x needs Python 3.13) for the add-on tests on new Blender.
+B5 := .venv-blender5
+B5STAMP := $(B5)/.installed
+PY313 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13) $(shell command -v python3.13 2>/dev/null))
 
 .PHONY: demo test lint format clean-venv
 
@@ -14,10 +18,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,nerfstudio]'
 	touch $(STAMP)
 
+$(B5STAMP): pyproject.toml
+	@if [ -n "$(PY313)" ]; then \
+		$(PY313) -m venv $(B5) && $(B5)/bin/python -m pip install --quiet --upgrade pip && \
+		$(B5)/bin/python -m pip install --quiet 'bpy==5.3.*' numpy pytest plyfile pycolmap pillow \
+			opencv-python-headless && touch $(B5STAMP); \
+	else echo "python3.13 not found: the Blender 5.x add-on tests will be skipped"; fi
+
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
-test: $(STAMP)
+test: $(STAMP) $(B5STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
@@ -27,4 +38,4 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(B5)
