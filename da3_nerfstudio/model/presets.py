@@ -174,9 +174,6 @@ PRESETS: dict[str, ModelPreset] = {
     )
 }
 
-#: Hub repo id (case-insensitive) -> preset name, for `from_pretrained("depth-anything/DA3-LARGE-1.1")`.
-HUB_REPOS: dict[str, str] = {repo.lower(): p.name for p in PRESETS.values() for repo in p.hub_repos}
-
 
 def get_preset(name: str) -> ModelPreset:
     """Look a preset up by name, with an error that lists the valid names."""
