@@ -112,6 +112,23 @@ def depth_loss(
     raise ValueError(f"unknown depth loss {kind!r}; expected 'l1', 'inverse_l1' or 'pearson'")
 
 
+def downscale_depth(depth: Tensor, factor: int) -> Tensor:
+    """Depth (..., H, W) averaged over factor x factor blocks, ignoring invalid (<= 0, non-finite) pixels.
+
+    The output is (..., H // factor, W // factor), the size splatfacto renders at and downscales the
+    image to during its resolution schedule (its area filter drops the remainder the same way). A plain
+    area filter would blend unknown zeros into valid depth; a block with no valid pixel stays 0.
+    """
+    if factor == 1:
+        return depth
+    h, w = depth.shape[-2] // factor, depth.shape[-1] // factor
+    blocks = depth[..., : h * factor, : w * factor].reshape(*depth.shape[:-2], h, factor, w, factor)
+    valid = torch.isfinite(blocks) & (blocks > 0)
+    total = torch.where(valid, blocks, torch.zeros_like(blocks)).sum(dim=(-3, -1))
+    count = valid.sum(dim=(-3, -1))
+    return torch.where(count > 0, total / count.clamp_min(1), torch.zeros_like(total))
+
+
 def depth_weight_schedule(step: int, initial: float, final: float, decay_steps: int, warmup_steps: int = 0) -> float:
     """Depth-loss weight at ``step``: ``initial`` until ``warmup_steps``, then log-linear to ``final``.
 

@@ -12,6 +12,7 @@ from da3_nerfstudio.losses import (
     depth_l1_loss,
     depth_loss,
     depth_weight_schedule,
+    downscale_depth,
     inverse_depth_l1_loss,
     pearson_depth_loss,
 )
@@ -104,3 +105,19 @@ def test_weight_schedule() -> None:
     assert depth_weight_schedule(50_000, 0.2, 0.002, 1000, warmup_steps=100) == pytest.approx(0.002)
     assert depth_weight_schedule(500, 0.1, 0.0, 1000) == pytest.approx(0.05)  # linear when an end is 0
     assert depth_weight_schedule(10, 0.1, 0.1, 0) == 0.1
+
+
+def test_downscale_depth_averages_valid_pixels_only() -> None:
+    depth = torch.tensor(
+        [
+            [1.0, 3.0, 0.0, 0.0, 9.0],
+            [5.0, 0.0, 0.0, NAN, 9.0],
+            [2.0, 2.0, 4.0, 6.0, 9.0],
+        ]
+    )
+    out = downscale_depth(depth, 2)
+    # Blocks 2x2 from the top-left; the last row and column do not fill a block (as in splatfacto).
+    torch.testing.assert_close(out, torch.tensor([[3.0, 0.0]]))
+    assert downscale_depth(depth, 1) is depth
+    batch = downscale_depth(torch.stack([depth, 2 * depth]), 2)
+    torch.testing.assert_close(batch, torch.tensor([[[3.0, 0.0]], [[6.0, 0.0]]]))
