@@ -100,3 +100,17 @@ def test_reference_view_reordering_is_undone(models: dict) -> None:
     assert not torch.allclose(first["depth"], saddle["depth"]), "saddle_balanced should pick another view"
     for key in ("depth", "depth_conf", "extrinsics", "intrinsics"):
         assert torch.allclose(permuted[key], saddle[key][:, perm], rtol=1e-9, atol=1e-12), key
+
+
+def test_autocast_keeps_heads_in_float32(models: dict) -> None:
+    """Under bf16 autocast only the backbone runs in low precision: outputs are float32 and close
+    to the float64 reference (bf16 has 8 bits of mantissa, hence the loose bound)."""
+    data = load_case("small_pair")
+    model = models["da3-small", torch.float32]
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.from_numpy(data["x"]).float())
+    for key in ("depth", "depth_conf", "ray", "extrinsics", "intrinsics"):
+        assert out[key].dtype == torch.float32, key
+    reference = torch.from_numpy(data["out_depth"]).float()
+    relative = ((out["depth"] - reference).abs() / reference).median().item()
+    assert relative < 0.05, relative
