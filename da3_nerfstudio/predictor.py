@@ -27,9 +27,13 @@ from da3_nerfstudio.preprocess import ImageSource, PreprocessedImages, preproces
 
 logger = logging.getLogger(__name__)
 
-#: Bytes of activation memory per (token x embedding channel) and view, measured with
-#: scripts/bench_model.py (da3-small, float32, CPU: about 160 MB per 504x378 view).
-BYTES_PER_TOKEN_CHANNEL = 430
+#: Memory per (token x embedding channel) of each view kept through the backbone: scripts/bench_model.py
+#: measured +23 MB per extra 504x378 view for da3-small on CPU (62 bytes), in line with the official
+#: "~1000 views of DA3-Giant on 80 GB" (about 60 bytes).
+BYTES_PER_TOKEN_CHANNEL = 64
+#: The heads run HEAD_CHUNK views at a time at full resolution: about 12 bytes per pixel and feature
+#: channel of one view (da3-small measured about 1 GB for 8 views of 504x378).
+HEAD_BYTES_PER_PIXEL_FEATURE = 12
 #: Share of the available memory the automatic chunk size may plan for.
 MEMORY_BUDGET = 0.6
 #: Minimum views shared by consecutive chunks (they fix the chunk-to-chunk similarity).
@@ -53,14 +57,20 @@ def available_memory(device: torch.device) -> int:
 
 
 def default_views_per_chunk(model: DA3Model, height: int, width: int, device: torch.device) -> int:
-    """Views per pass that fit in memory: 60 % of the available memory divided by the estimated
-    per-view activation memory (tokens x embedding width x 430 bytes, halved under bf16)."""
+    """Views per pass that fit in memory.
+
+    60 % of the free device memory (or available RAM on CPU), less the heads' working set
+    (HEAD_CHUNK views x H x W x features x 12 bytes), divided by the per-view backbone memory
+    (tokens x embedding width x 64 bytes); at least enough views to align chunks.
+    """
+    from da3_nerfstudio.model.dpt import HEAD_CHUNK
+
     net = model.preset.nested[0] if model.preset.nested else model.preset.net
     tokens = (height // 14) * (width // 14) + 1
     per_view = tokens * net.backbone.embed_dim * BYTES_PER_TOKEN_CHANNEL
-    if device.type == "cuda":
-        per_view //= 2
-    return max(MIN_OVERLAP + 1, int(MEMORY_BUDGET * available_memory(device) / per_view))
+    heads = HEAD_CHUNK * height * width * net.head.features * HEAD_BYTES_PER_PIXEL_FEATURE
+    budget = MEMORY_BUDGET * available_memory(device) - heads
+    return max(MIN_OVERLAP + 1, int(budget / per_view))
 
 
 def chunk_ranges(n: int, size: int) -> list[tuple[int, int]]:
