@@ -4,8 +4,8 @@ gsplat has no CPU backend, so nerfstudio's splatfacto cannot train without CUDA.
 the same images (EWA projection with a 0.3 px low-pass blur, 3-sigma radii and 16-pixel tile
 truncation, front-to-back alpha compositing with gsplat's alpha clamp, 1/255 skip and transmittance
 cut-off) with plain differentiable torch ops, so the same training loop runs on CPU: slowly, for
-tests and small scenes. The image is processed in blocks of pixels and each block's depth-sorted
-Gaussians in chunks, so memory per step is bounded by ``block_size**2 * chunk_size``.
+tests and small scenes. Work is done on (Gaussian, pixel) pairs restricted to where a Gaussian's
+alpha can reach 1/255, in bands of image rows, so memory is bounded by the pairs of one band.
 
 The returned ``info`` dict carries the keys splatfacto and gsplat's ``DefaultStrategy`` read
 (``means2d`` with a retainable gradient, ``radii``, ``width``, ``height``, ``n_cameras``, ...);
@@ -194,72 +194,89 @@ def _tile_ranges(means2d: Tensor, radii: Tensor, tile_size: int, tiles_x: int, t
 
 
 def _abs_accumulator(target: Tensor, ids: Tensor) -> Callable[[Tensor], None]:
-    """Backward hook adding |d loss / d pixel offset| summed over pixels to ``target[ids]`` (gsplat's absgrad)."""
+    """Backward hook adding each pair's |d loss / d offset| to ``target[ids]`` (gsplat's absgrad)."""
 
     def hook(grad: Tensor) -> None:
-        target.index_add_(0, ids, grad.abs().sum(0))
+        target.index_add_(0, ids, grad.abs())
 
     return hook
 
 
-def _composite_block(
-    ids: Tensor,
+def _composite_band(
+    order: Tensor,
     means2d: Tensor,
     conics: Tensor,
     opacities: Tensor,
     features: Tensor,
     tiles: Tensor,
-    x0: int,
+    extent: Tensor,
+    width: int,
     y0: int,
-    x1: int,
     y1: int,
     tile_size: int,
-    chunk_size: int,
     absgrad: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
-    """Front-to-back compositing of the depth-sorted Gaussians ``ids`` over pixels [x0,x1)x[y0,y1).
+    """Front-to-back compositing of the depth-sorted Gaussians ``order`` over image rows [y0, y1).
 
-    Returns the accumulated features (h, w, D) and alpha (h, w, 1).
+    Works on (Gaussian, pixel) pairs: each Gaussian meets only the pixels of its tiles that lie within
+    ``extent`` (the distance beyond which its alpha is < 1/255, so those pixels could not receive
+    anything). Pairs are sorted by (pixel, depth) and composited per pixel with a segmented
+    cumulative product (a float64 cumulative sum of log(1 - alpha)), all in vectorised torch ops.
+    Returns the accumulated features (h, W, D) and alpha (h, W, 1).
     """
-    h, w = y1 - y0, x1 - x0
+    h = y1 - y0
     device, dtype = means2d.device, means2d.dtype
-    ys, xs = torch.meshgrid(torch.arange(y0, y1, device=device), torch.arange(x0, x1, device=device), indexing="ij")
-    px = (xs.reshape(-1, 1) + 0.5).to(dtype)
-    py = (ys.reshape(-1, 1) + 0.5).to(dtype)
-    tile_x, tile_y = xs.reshape(-1, 1) // tile_size, ys.reshape(-1, 1) // tile_size
-    out = features.new_zeros(h * w, features.shape[-1])
-    trans = means2d.new_ones(h * w)
-    done = torch.zeros(h * w, dtype=torch.bool, device=device)
-    for start in range(0, ids.numel(), chunk_size):
-        g = ids[start : start + chunk_size]
-        mu = means2d.index_select(0, g)
-        dx = mu[:, 0][None, :] - px
-        dy = mu[:, 1][None, :] - py
-        if absgrad is not None:
-            dx.register_hook(_abs_accumulator(absgrad[:, 0], g))
-            dy.register_hook(_abs_accumulator(absgrad[:, 1], g))
-        con = conics.index_select(0, g)
-        sigma = 0.5 * (con[:, 0] * dx * dx + con[:, 2] * dy * dy) + con[:, 1] * dx * dy
-        alpha = torch.clamp_max(opacities.index_select(0, g)[None, :] * torch.exp(-sigma), ALPHA_MAX)
-        # gsplat only lets a Gaussian touch pixels inside the tiles its 3-sigma box overlaps.
-        t = tiles.index_select(0, g)
-        in_tiles = (tile_x >= t[:, 0]) & (tile_x < t[:, 2]) & (tile_y >= t[:, 1]) & (tile_y < t[:, 3])
-        keep = in_tiles & (sigma >= 0) & (alpha >= ALPHA_MIN) & ~done[:, None]
-        alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
-        t_incl = trans[:, None] * torch.cumprod(1.0 - alpha, dim=1)
-        t_excl = torch.cat([trans[:, None], t_incl[:, :-1]], dim=1)
-        # A Gaussian that would push transmittance to <= 1e-4 ends the pixel and is not drawn.
-        alive = t_incl > TRANSMITTANCE_MIN
-        weights = torch.where(alive, alpha * t_excl, torch.zeros_like(alpha))
-        out = out + weights @ features.index_select(0, g)
-        # Carry T as a product (not 1 - sum of weights) so it keeps its relative precision when small.
-        n_alive = alive.sum(dim=1, keepdim=True)
-        trans = torch.cat([trans[:, None], t_incl], dim=1).gather(1, n_alive).squeeze(1)
-        done = done | ~alive[:, -1]
-        if bool(done.all()):
-            break
-    acc = (1.0 - trans).reshape(h, w, 1)
-    return out.reshape(h, w, -1), acc
+    n_pix = h * width
+    with torch.no_grad():
+        mu = means2d.detach()[order]
+        ext = extent[order]
+        t = tiles[order]
+        # Pixel box: the Gaussian's tiles, cut down to where its alpha can reach 1/255, and to the band.
+        x_lo = torch.maximum(t[:, 0] * tile_size, torch.floor(mu[:, 0] - ext - 0.5).long()).clamp(0, width)
+        x_hi = torch.minimum(t[:, 2] * tile_size, torch.ceil(mu[:, 0] + ext + 0.5).long()).clamp(0, width)
+        y_lo = torch.maximum(t[:, 1] * tile_size, torch.floor(mu[:, 1] - ext - 0.5).long()).clamp(y0, y1)
+        y_hi = torch.minimum(t[:, 3] * tile_size, torch.ceil(mu[:, 1] + ext + 0.5).long()).clamp(y0, y1)
+        box_w, box_h = (x_hi - x_lo).clamp_min(0), (y_hi - y_lo).clamp_min(0)
+        counts = box_w * box_h
+        rank = torch.repeat_interleave(torch.arange(len(order), device=device), counts)
+        first = torch.cumsum(counts, 0) - counts
+        local = torch.arange(len(rank), device=device) - first[rank]
+        px = x_lo[rank] + local % box_w[rank]
+        py = y_lo[rank] + local // box_w[rank]
+    g = order[rank]
+    mu_pair = means2d.index_select(0, g)
+    dx = mu_pair[:, 0] - (px.to(dtype) + 0.5)
+    dy = mu_pair[:, 1] - (py.to(dtype) + 0.5)
+    con = conics.index_select(0, g)
+    sigma = 0.5 * (con[:, 0] * dx * dx + con[:, 2] * dy * dy) + con[:, 1] * dx * dy
+    alpha = torch.clamp_max(opacities.index_select(0, g) * torch.exp(-sigma), ALPHA_MAX)
+    with torch.no_grad():
+        hit = torch.nonzero((sigma >= 0) & (alpha >= ALPHA_MIN)).squeeze(-1)
+        pixel = (py[hit] - y0) * width + px[hit]
+        # rank is the depth order, so sorting by (pixel, rank) gives each pixel's front-to-back list.
+        sort = torch.argsort(pixel * len(order) + rank[hit])
+        pair = hit[sort]
+        pixel = pixel[sort]
+    if absgrad is not None:
+        dx.register_hook(_abs_accumulator(absgrad[:, 0], g))
+        dy.register_hook(_abs_accumulator(absgrad[:, 1], g))
+    alpha = alpha.index_select(0, pair)
+    log_t = torch.cumsum(torch.log1p(-alpha.double()), 0)
+    with torch.no_grad():
+        starts = torch.ones_like(pixel, dtype=torch.bool)
+        starts[1:] = pixel[1:] != pixel[:-1]
+        start_idx = torch.cummax(torch.where(starts, torch.arange(len(pixel), device=device), 0), 0).values
+    log_before = torch.cat([log_t.new_zeros(1), log_t[:-1]])
+    seg_log_excl = log_before - log_before[start_idx]
+    seg_log_incl = log_t - log_before[start_idx]
+    # A Gaussian that would push transmittance to <= 1e-4 ends the pixel and is not drawn (nor any after).
+    alive = seg_log_incl > math.log(TRANSMITTANCE_MIN)
+    weights = torch.where(alive, alpha * torch.exp(seg_log_excl).to(dtype), torch.zeros_like(alpha))
+    out = features.new_zeros(n_pix, features.shape[-1]).index_add(
+        0, pixel, weights[:, None] * features.index_select(0, g.index_select(0, pair))
+    )
+    acc = means2d.new_zeros(n_pix).index_add(0, pixel, weights)
+    return out.reshape(h, width, -1), acc.reshape(h, width, 1)
 
 
 def rasterization(
@@ -285,16 +302,15 @@ def rasterization(
     absgrad: bool = False,
     rasterize_mode: Literal["classic", "antialiased"] = "classic",
     camera_model: str = "pinhole",
-    block_size: int = 32,
-    chunk_size: int = 256,
+    block_size: int = 64,
     **unused: Any,
 ) -> tuple[Tensor, Tensor, dict[str, Any]]:
     """Render N Gaussians into C cameras; a CPU stand-in for ``gsplat.rasterization`` (1.4.0 layout).
 
     Args follow gsplat: ``means`` (N,3), ``quats`` (N,4) wxyz, ``scales`` (N,3) and ``opacities`` (N,)
     activated, ``colors`` (N,D) / (C,N,D) or SH coefficients (N,K,3) / (C,N,K,3) with ``sh_degree``,
-    ``viewmats`` (C,4,4) world-to-camera OpenCV, ``Ks`` (C,3,3) pixels. ``block_size`` (a multiple of
-    ``tile_size``) and ``chunk_size`` bound memory. Extra gsplat keyword arguments (e.g.
+    ``viewmats`` (C,4,4) world-to-camera OpenCV, ``Ks`` (C,3,3) pixels. The image is composited in
+    bands of ``block_size`` rows, which bounds memory. Extra gsplat keyword arguments (e.g.
     ``channel_chunk``) are accepted and ignored.
 
     Returns ``render_colors`` (C,H,W,D[+1]), ``render_alphas`` (C,H,W,1) and ``info``.
@@ -337,42 +353,39 @@ def rasterization(
     tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
     tile_ranges = _tile_ranges(means2d, radii, tile_size, tiles_x, tiles_y)
 
+    # Distance (in units of the 2D covariance's largest std) beyond which alpha < 1/255.
+    with torch.no_grad():
+        a, b, c = conics[..., 0], conics[..., 1], conics[..., 2]
+        det = (a * c - b * b).clamp_min(1e-30)
+        lambda_max = ((a + c) / 2 + torch.sqrt(((a - c) / 2) ** 2 + b * b)) / det  # of the covariance
+        reach = 2.0 * torch.log(torch.clamp(opac.detach() / ALPHA_MIN, min=1.0))
+        extent = torch.sqrt(reach * lambda_max)
     images, alphas = [], []
     for cam in range(n_cams):
         visible = torch.nonzero(radii[cam] > 0).squeeze(-1)
         order = visible[torch.argsort(depths[cam, visible].detach(), stable=True)]
-        t = tile_ranges[cam, order]
         cam_absgrad = absgrad_buf[cam] if absgrad_buf is not None else None
-        rows_c, rows_a = [], []
+        bands_c, bands_a = [], []
         for y0 in range(0, height, block_size):
             y1 = min(y0 + block_size, height)
-            cols_c, cols_a = [], []
-            for x0 in range(0, width, block_size):
-                x1 = min(x0 + block_size, width)
-                bx0, by0 = x0 // tile_size, y0 // tile_size
-                bx1, by1 = math.ceil(x1 / tile_size), math.ceil(y1 / tile_size)
-                hit = (t[:, 0] < bx1) & (t[:, 2] > bx0) & (t[:, 1] < by1) & (t[:, 3] > by0)
-                c, a = _composite_block(
-                    order[hit],
-                    means2d[cam],
-                    conics[cam],
-                    opac[cam],
-                    feats[cam],
-                    tile_ranges[cam],
-                    x0,
-                    y0,
-                    x1,
-                    y1,
-                    tile_size,
-                    chunk_size,
-                    cam_absgrad,
-                )
-                cols_c.append(c)
-                cols_a.append(a)
-            rows_c.append(torch.cat(cols_c, dim=1))
-            rows_a.append(torch.cat(cols_a, dim=1))
-        images.append(torch.cat(rows_c, dim=0))
-        alphas.append(torch.cat(rows_a, dim=0))
+            c, a = _composite_band(
+                order,
+                means2d[cam],
+                conics[cam],
+                opac[cam],
+                feats[cam],
+                tile_ranges[cam],
+                extent[cam],
+                width,
+                y0,
+                y1,
+                tile_size,
+                cam_absgrad,
+            )
+            bands_c.append(c)
+            bands_a.append(a)
+        images.append(torch.cat(bands_c, dim=0))
+        alphas.append(torch.cat(bands_a, dim=0))
     render_colors = torch.stack(images)
     render_alphas = torch.stack(alphas)
 
