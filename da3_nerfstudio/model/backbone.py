@@ -91,8 +91,9 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if pos is not None:
             q, k = rope_2d(q, pos), rope_2d(k, pos)
-            # Under autocast the QK-norm returns float32 while v is low precision; SDPA needs one dtype.
-            v = v.to(q.dtype)
+        # Under autocast the QK-norm returns float32 while v is low precision: attend in v's dtype, as
+        # autocast does for the official model's attention on CUDA (a no-op without autocast).
+        q, k = q.to(v.dtype), k.to(v.dtype)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
