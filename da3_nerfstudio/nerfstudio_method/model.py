@@ -1,0 +1,326 @@
+"""``da3-splat`` model: splatfacto started from DA3's Gaussians and regularised by DA3 depth.
+
+Differences from splatfacto (everything else, densification and SH schedule included, is inherited):
+
+* initialisation from the dataparser's ``splat_init`` Gaussians (positions, scales, rotations,
+  colours, opacities); ``init_from`` switches to the sparse point cloud or to random Gaussians;
+* a confidence-weighted depth loss (L1 on depth or inverse depth, or Pearson) with a decaying
+  weight, against the DA3 depth downscaled exactly like the image by splatfacto's resolution schedule;
+* camera optimisation on by default;
+* device-agnostic: gsplat on CUDA, the pure-PyTorch rasterizer of :mod:`da3_nerfstudio.rasterize`
+  elsewhere (slow; for tests and small scenes), and LPIPS is skipped with a warning when its
+  weights cannot be downloaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from gsplat.strategy import DefaultStrategy
+from nerfstudio.cameras.camera_optimizers import CameraOptimizer, CameraOptimizerConfig
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.model_components.lib_bilagrid import BilateralGrid
+from nerfstudio.models.splatfacto import (
+    RGB2SH,
+    SplatfactoModel,
+    SplatfactoModelConfig,
+    num_sh_bases,
+    random_quat_tensor,
+)
+from nerfstudio.utils.colors import get_color
+from nerfstudio.utils.rich_utils import CONSOLE
+from pytorch_msssim import SSIM
+from torch import Tensor
+from torchmetrics.image import PeakSignalNoiseRatio
+
+from da3_nerfstudio.losses import DepthLossType, depth_loss, depth_weight_schedule, downscale_depth
+from da3_nerfstudio.rasterize import SH_C0
+
+
+@dataclass
+class DA3SplatModelConfig(SplatfactoModelConfig):
+    """Splatfacto with DA3 initialisation, a DA3 depth prior and camera optimisation."""
+
+    _target: type = field(default_factory=lambda: DA3SplatModel)
+    init_from: Literal["splat_init", "sparse_points", "random"] = "splat_init"
+    """Initial Gaussians: the dataset's splat_init.ply, its sparse point cloud (splatfacto's kNN
+    initialisation), or random Gaussians in a cube; falls back to the next available one."""
+    depth_loss_type: DepthLossType = "l1"
+    """l1 on depth, inverse_l1 on inverse depth, or pearson (scale/shift invariant) for untrusted scale."""
+    depth_loss_weight: float = 0.2
+    """Initial weight of the depth loss (0 disables it)."""
+    depth_loss_weight_final: float = 0.02
+    """Weight reached after depth_loss_decay_steps (log-linear decay)."""
+    depth_loss_decay_steps: int = 15000
+    """Steps over which the depth weight decays."""
+    depth_loss_min_alpha: float = 0.5
+    """Pixels whose rendered opacity is below this are not supervised (no surface rendered yet)."""
+    rasterizer: Literal["auto", "gsplat", "torch"] = "auto"
+    """gsplat (CUDA) or the pure-PyTorch rasterizer; auto picks gsplat on CUDA devices."""
+    camera_optimizer: CameraOptimizerConfig = field(default_factory=lambda: CameraOptimizerConfig(mode="SO3xR3"))
+    """DA3 poses are good, not perfect: refine them by default."""
+
+
+def camera_to_viewmat(c2w: Tensor) -> Tensor:
+    """World-to-camera OpenCV matrices (C,4,4) from nerfstudio's OpenGL camera-to-world (C,3,4)."""
+    rot = c2w[:, :3, :3] * torch.tensor([1.0, -1.0, -1.0], device=c2w.device, dtype=c2w.dtype)
+    rot_inv = rot.transpose(1, 2)
+    viewmat = torch.zeros(c2w.shape[0], 4, 4, device=c2w.device, dtype=c2w.dtype)
+    viewmat[:, :3, :3] = rot_inv
+    viewmat[:, :3, 3:4] = -rot_inv @ c2w[:, :3, 3:4]
+    viewmat[:, 3, 3] = 1.0
+    return viewmat
+
+
+def _make_lpips() -> torch.nn.Module | None:
+    """torchmetrics' LPIPS, or None (with a warning) when its AlexNet weights cannot be fetched."""
+    from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+    try:
+        return LearnedPerceptualImagePatchSimilarity(normalize=True)
+    except Exception as err:  # noqa: BLE001 - any download/IO failure means "no LPIPS", not "no training"
+        CONSOLE.print(f"[bold yellow]da3-splat: LPIPS unavailable ({type(err).__name__}: {err}); not reported")
+        return None
+
+
+class DA3SplatModel(SplatfactoModel):
+    """Splatfacto subclass; see the module docstring."""
+
+    config: DA3SplatModelConfig
+
+    def populate_modules(self) -> None:
+        """Build the Gaussians, metrics, camera optimiser and densification strategy (no CUDA needed)."""
+        self.gauss_params = torch.nn.ParameterDict(
+            {k: torch.nn.Parameter(v.float().contiguous()) for k, v in self._initial_gaussians().items()}
+        )
+        self.camera_optimizer: CameraOptimizer = self.config.camera_optimizer.setup(
+            num_cameras=self.num_train_data, device="cpu"
+        )
+        self.psnr = PeakSignalNoiseRatio(data_range=1.0)
+        self.ssim = SSIM(data_range=1.0, size_average=True, channel=3)
+        self.lpips = _make_lpips()
+        self.step = 0
+        self.crop_box = None
+        if self.config.background_color == "random":
+            # Shown outside training (viewer, eval); the same grey as splatfacto and viser.
+            self.background_color = torch.tensor([0.1490, 0.1647, 0.2157])
+        else:
+            self.background_color = get_color(self.config.background_color)
+        if self.config.use_bilateral_grid:
+            self.bil_grids = BilateralGrid(
+                num=self.num_train_data,
+                grid_X=self.config.grid_shape[0],
+                grid_Y=self.config.grid_shape[1],
+                grid_W=self.config.grid_shape[2],
+            )
+        self.strategy = DefaultStrategy(
+            prune_opa=self.config.cull_alpha_thresh,
+            grow_grad2d=self.config.densify_grad_thresh,
+            grow_scale3d=self.config.densify_size_thresh,
+            grow_scale2d=self.config.split_screen_size,
+            prune_scale3d=self.config.cull_scale_thresh,
+            prune_scale2d=self.config.cull_screen_size,
+            refine_scale2d_stop_iter=self.config.stop_screen_size_at,
+            refine_start_iter=self.config.warmup_length,
+            refine_stop_iter=self.config.stop_split_at,
+            reset_every=self.config.reset_alpha_every * self.config.refine_every,
+            refine_every=self.config.refine_every,
+            pause_refine_after_reset=self.num_train_data + self.config.refine_every,
+            absgrad=self.config.use_absgrad,
+            revised_opacity=False,
+            verbose=True,
+        )
+        self.strategy_state = self.strategy.initialize_state(scene_scale=1.0)
+        self._logged_rasterizer = False
+
+    # -- initialisation ---------------------------------------------------------------------------
+
+    def _initial_gaussians(self) -> dict[str, Tensor]:
+        """Raw Gaussian parameters for ``init_from``, falling back splat_init -> sparse -> random."""
+        metadata = self.kwargs.get("metadata") or {}
+        order = ["splat_init", "sparse_points", "random"]
+        for source in order[order.index(self.config.init_from) :]:
+            if source == "splat_init" and "splat_init" in metadata:
+                params = self._from_splat_init(metadata["splat_init"])
+            elif source == "sparse_points" and self.seed_points is not None and len(self.seed_points[0]) > 0:
+                params = self._from_points(self.seed_points[0].float(), self.seed_points[1].float() / 255.0)
+            elif source == "random":
+                means = (torch.rand(self.config.num_random, 3) - 0.5) * self.config.random_scale
+                params = self._from_points(means, torch.rand(self.config.num_random, 3))
+            else:
+                continue
+            if source != self.config.init_from:
+                CONSOLE.print(f"[bold yellow]da3-splat: no {self.config.init_from} data; initialising from {source}")
+            CONSOLE.log(f"da3-splat: {len(params['means'])} initial Gaussians from {source}")
+            return params
+        raise AssertionError("random initialisation is always available")
+
+    def _colour_features(self, rgb: Tensor) -> tuple[Tensor, Tensor]:
+        """features_dc / features_rest for colours in [0,1] (logit colours when sh_degree is 0)."""
+        n = len(rgb)
+        if self.config.sh_degree > 0:
+            dc = RGB2SH(rgb)
+        else:
+            dc = torch.logit(rgb.clamp(1e-4, 1 - 1e-4))
+        return dc, torch.zeros(n, num_sh_bases(self.config.sh_degree) - 1, 3)
+
+    def _from_points(self, means: Tensor, rgb: Tensor) -> dict[str, Tensor]:
+        """Splatfacto's point initialisation: kNN scales, random rotations, opacity 0.1."""
+        distances, _ = self.k_nearest_sklearn(means, 3)
+        scales = torch.log(torch.from_numpy(distances).mean(dim=-1, keepdim=True).clamp_min(1e-7)).repeat(1, 3)
+        dc, rest = self._colour_features(rgb)
+        return {
+            "means": means,
+            "scales": scales,
+            "quats": random_quat_tensor(len(means)),
+            "features_dc": dc,
+            "features_rest": rest,
+            "opacities": torch.logit(torch.full((len(means), 1), 0.1)),
+        }
+
+    def _from_splat_init(self, splats: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The dataparser's Gaussians, with SH padded/truncated to this model's degree."""
+        n_rest = num_sh_bases(self.config.sh_degree) - 1
+        rest = splats["features_rest"][:, :n_rest]
+        rest = torch.cat([rest, torch.zeros(len(rest), n_rest - rest.shape[1], 3)], dim=1)
+        if self.config.sh_degree > 0:
+            dc = splats["features_dc"]
+        else:
+            dc, rest = self._colour_features(splats["features_dc"] * SH_C0 + 0.5)
+        return {**splats, "features_dc": dc, "features_rest": rest}
+
+    # -- rendering --------------------------------------------------------------------------------
+
+    def _rasterization(self) -> Any:
+        """gsplat's ``rasterization`` on CUDA, else the pure-PyTorch one (logged once)."""
+        use_torch = self.config.rasterizer == "torch" or (
+            self.config.rasterizer == "auto" and self.means.device.type != "cuda"
+        )
+        if use_torch:
+            from da3_nerfstudio.rasterize import rasterization
+
+            if not self._logged_rasterizer:
+                CONSOLE.print(
+                    "[bold yellow]da3-splat: no CUDA, rendering with the pure-PyTorch rasterizer "
+                    "(slow: for tests and small scenes)"
+                )
+                self._logged_rasterizer = True
+            return rasterization
+        from gsplat.rendering import rasterization
+
+        return rasterization
+
+    def _depth_loss_active(self) -> bool:
+        return self.training and self.config.depth_loss_weight > 0
+
+    def get_outputs(self, camera: Cameras) -> dict[str, Tensor | list]:
+        """Render one camera like splatfacto does, on any device, with depth when the prior needs it."""
+        if not isinstance(camera, Cameras):
+            return {}
+        if self.training:
+            assert camera.shape[0] == 1, "Only one camera at a time"
+            c2w = self.camera_optimizer.apply_to_camera(camera)
+        else:
+            c2w = camera.camera_to_worlds
+        keep = None
+        if self.crop_box is not None and not self.training:
+            keep = self.crop_box.within(self.means).squeeze()
+            if keep.sum() == 0:
+                width, height = int(camera.width.item()), int(camera.height.item())
+                return self.get_empty_outputs(width, height, self.background_color)
+        params = {k: (v if keep is None else v[keep]) for k, v in self.gauss_params.items()}
+        colors = torch.cat([params["features_dc"][:, None, :], params["features_rest"]], dim=1)
+
+        downscale = self._get_downscale_factor()
+        camera.rescale_output_resolution(1 / downscale)
+        K = camera.get_intrinsics_matrices().to(self.device)
+        width, height = int(camera.width.item()), int(camera.height.item())
+        self.last_size = (height, width)
+        camera.rescale_output_resolution(downscale)
+
+        with_depth = self.config.output_depth_during_training or not self.training or self._depth_loss_active()
+        if self.config.sh_degree > 0:
+            sh_degree = min(self.step // self.config.sh_degree_interval, self.config.sh_degree)
+        else:
+            colors, sh_degree = torch.sigmoid(colors).squeeze(1), None
+        render, alpha, self.info = self._rasterization()(
+            means=params["means"],
+            quats=params["quats"],
+            scales=torch.exp(params["scales"]),
+            opacities=torch.sigmoid(params["opacities"]).squeeze(-1),
+            colors=colors,
+            viewmats=camera_to_viewmat(c2w),
+            Ks=K,
+            width=width,
+            height=height,
+            packed=False,
+            near_plane=0.01,
+            far_plane=1e10,
+            render_mode="RGB+ED" if with_depth else "RGB",
+            sh_degree=sh_degree,
+            sparse_grad=False,
+            absgrad=self.strategy.absgrad,
+            rasterize_mode=self.config.rasterize_mode,
+        )
+        if self.training:
+            self.strategy.step_pre_backward(
+                self.gauss_params, self.optimizers, self.strategy_state, self.step, self.info
+            )
+        background = self._get_background_color()
+        rgb = torch.clamp(render[..., :3] + (1 - alpha) * background, 0.0, 1.0)
+        if self.config.use_bilateral_grid and self.training and camera.metadata and "cam_idx" in camera.metadata:
+            rgb = self._apply_bilateral_grid(rgb, camera.metadata["cam_idx"], height, width)
+        depth = None
+        if with_depth:
+            depth = render[..., 3:4]
+            depth = torch.where(alpha > 0, depth, depth.detach().max()).squeeze(0)
+        if background.shape[0] == 3 and not self.training:
+            background = background.expand(height, width, 3)
+        return {"rgb": rgb.squeeze(0), "depth": depth, "accumulation": alpha.squeeze(0), "background": background}
+
+    # -- losses and metrics -----------------------------------------------------------------------
+
+    def get_loss_dict(self, outputs: dict, batch: dict, metrics_dict: dict | None = None) -> dict[str, Tensor]:
+        """Splatfacto's losses plus the weighted DA3 depth prior."""
+        loss_dict = super().get_loss_dict(outputs, batch, metrics_dict)
+        if self._depth_loss_active() and "depth_image" in batch and outputs.get("depth") is not None:
+            factor = self._get_downscale_factor()
+            target = downscale_depth(batch["depth_image"].to(self.device)[..., 0], factor)
+            confidence = batch.get("depth_confidence")
+            if confidence is not None:
+                confidence = downscale_depth(confidence.to(self.device)[..., 0], factor)
+            pred = outputs["depth"][..., 0]
+            mask = outputs["accumulation"][..., 0].detach() > self.config.depth_loss_min_alpha
+            weight = depth_weight_schedule(
+                self.step,
+                self.config.depth_loss_weight,
+                self.config.depth_loss_weight_final,
+                self.config.depth_loss_decay_steps,
+            )
+            loss_dict["depth_loss"] = weight * depth_loss(self.config.depth_loss_type, pred, target, confidence, mask)
+        return loss_dict
+
+    def get_metrics_dict(self, outputs: dict, batch: dict) -> dict[str, Tensor]:
+        """Splatfacto's metrics plus the depth error (mean |d - d*| / d*) against DA3 depth."""
+        metrics = super().get_metrics_dict(outputs, batch)
+        if "depth_image" in batch and outputs.get("depth") is not None:
+            target = downscale_depth(batch["depth_image"].to(self.device)[..., 0], self._get_downscale_factor())
+            valid = (target > 0) & (outputs["accumulation"][..., 0] > self.config.depth_loss_min_alpha)
+            if bool(valid.any()):
+                rel = (outputs["depth"][..., 0][valid] - target[valid]).abs() / target[valid]
+                metrics["depth_abs_rel"] = rel.mean().detach()
+        return metrics
+
+    def get_image_metrics_and_images(
+        self, outputs: dict[str, Tensor], batch: dict[str, Tensor]
+    ) -> tuple[dict[str, float], dict[str, Tensor]]:
+        """Splatfacto's eval metrics; LPIPS only when its network could be built."""
+        if self.lpips is not None:
+            return super().get_image_metrics_and_images(outputs, batch)
+        gt = self.composite_with_background(self.get_gt_img(batch["image"]), outputs["background"])
+        pred = outputs["rgb"]
+        gt_chw, pred_chw = (torch.moveaxis(x, -1, 0)[None] for x in (gt, pred))
+        metrics = {"psnr": float(self.psnr(gt_chw, pred_chw).item()), "ssim": float(self.ssim(gt_chw, pred_chw))}
+        return metrics, {"img": torch.cat([gt, pred], dim=1)}
