@@ -257,7 +257,7 @@ def _composite_band(
         sort = torch.argsort(pixel * len(order) + rank[hit])
         pair = hit[sort]
         pixel = pixel[sort]
-    if absgrad is not None:
+    if absgrad is not None and dx.requires_grad:
         dx.register_hook(_abs_accumulator(absgrad[:, 0], g))
         dy.register_hook(_abs_accumulator(absgrad[:, 1], g))
     alpha = alpha.index_select(0, pair)

@@ -215,6 +215,16 @@ def test_info_supports_densification_gradients() -> None:
     assert absgrad[0, visible].sum() > grad[0, visible].abs().sum()  # signs cancel across pixels
 
 
+def test_absgrad_request_is_harmless_without_autograd() -> None:
+    """splatfacto passes absgrad=True when evaluating under no_grad as well."""
+    scene = _random_scene(50, seed=5)
+    viewmat, K = _camera()
+    args = (scene["means"], scene["quats"], scene["scales"], scene["opacities"], scene["colors"], viewmat, K, 64, 48)
+    with torch.no_grad():
+        out, _, _ = rasterization(*args, sh_degree=3, absgrad=True)
+    torch.testing.assert_close(out, rasterization(*args, sh_degree=3)[0])
+
+
 def test_cameras_batch_like_single_renders() -> None:
     scene = _random_scene(100, seed=2)
     viewmat, K = _camera()
