@@ -1,0 +1,1 @@
+"""Console tools of the project (``da3-process-data``)."""

@@ -1,0 +1,383 @@
+"""``da3-process-data``: photos, a video or saved predictions -> a dataset for nerfstudio, COLMAP, Blender.
+
+Pose-free: Depth Anything 3 predicts the cameras and depth, so no COLMAP run is needed. The output
+folder holds ``transforms.json`` (nerfstudio-data), ``colmap/sparse/0``, ``sparse_pc.ply``,
+``splat_init.ply``, depth and confidence maps and ``da3/`` (predictions, previews, manifest); see
+:mod:`da3_nerfstudio.dataset`. Depth files are float32 in the units of the poses: nerfstudio's own
+``nerfstudio-data`` parser needs ``--depth-unit-scale-factor 1.0`` (``ns-train da3-splat`` sets it).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+import tyro
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from da3_nerfstudio.dataset import (
+    DatasetOptions,
+    DatasetSummary,
+    check_output_dir,
+    image_header,
+    natural_sorted,
+    write_dataset,
+)
+from da3_nerfstudio.errors import DA3Error, InputError
+from da3_nerfstudio.geometry import rescale_intrinsics, to_homogeneous
+from da3_nerfstudio.prediction import CONF_PERCENTILE, Prediction
+
+#: Best geometry that fits about 100 views on a 24 GB GPU (bf16), metric scale; CC BY-NC 4.0.
+DEFAULT_MODEL = "depth-anything/DA3NESTED-GIANT-LARGE-1.1"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+#: Without a terminal (e.g. under the Blender add-on) progress is printed as lines at this step.
+_LINE_STEP = 0.05
+
+DESCRIPTION = (
+    "Pose-free dataset preprocessing with Depth Anything 3: cameras, depth, points and initial Gaussians for "
+    "nerfstudio (transforms.json), COLMAP tools (colmap/sparse/0) and Blender. Depth files are float32 in the "
+    "units of the poses: nerfstudio's own parser needs `nerfstudio-data --depth-unit-scale-factor 1.0` "
+    "(ns-train da3-splat sets it)."
+)
+
+console = Console(highlight=False)
+
+
+class _Reporter:
+    """Rich progress bars on a terminal, plain ``stage: done/total`` lines otherwise (parsable)."""
+
+    def __init__(self) -> None:
+        self._bars = Progress(
+            TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console, disable=not console.is_terminal,
+        )  # fmt: skip
+        self._tasks: dict[str, int] = {}
+        self._printed: dict[str, float] = {}
+
+    def __enter__(self) -> _Reporter:
+        self._bars.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bars.stop()
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if console.is_terminal:
+            if stage not in self._tasks:
+                self._tasks[stage] = self._bars.add_task(stage, total=total)
+            self._bars.update(self._tasks[stage], completed=done, total=total)
+            return
+        fraction = done / max(total, 1)
+        if done == total or fraction - self._printed.get(stage, -1.0) >= _LINE_STEP:
+            self._printed[stage] = fraction
+            console.print(f"{stage}: {done}/{total}")
+
+
+@dataclass
+class _Common:
+    """Options shared by every input kind."""
+
+    data: Path
+    """Input: an image folder, a video file, or a predictions .npz (by subcommand)."""
+    output_dir: Path
+    """Dataset folder to write (replaced atomically; a folder not written by this tool needs --overwrite)."""
+    overwrite: bool = False
+    """Replace an existing non-empty folder even if it was not written by da3-process-data."""
+    conf_percentile: float = CONF_PERCENTILE
+    """Pixels below this confidence percentile give no points or Gaussians (official rule, floor 1.05)."""
+    num_points: int = 200_000
+    """Target number of points in sparse_pc.ply and colmap/sparse/0 (voxel-downsampled)."""
+    num_gaussians: int = 1_000_000
+    """Most Gaussians in splat_init.ply."""
+    eval_interval: int = 8
+    """Hold out every N-th view for nerfstudio's val/test split (0: evaluate on all views)."""
+
+    def _options(self) -> DatasetOptions:
+        if not 0 <= self.conf_percentile <= 100:
+            raise InputError(f"--conf-percentile must be within 0..100, got {self.conf_percentile}")
+        if self.num_points < 1 or self.num_gaussians < 1 or self.eval_interval < 0:
+            raise InputError("--num-points and --num-gaussians must be positive, --eval-interval >= 0")
+        return DatasetOptions(self.conf_percentile, self.num_points, self.num_gaussians, self.eval_interval)
+
+    def _write(
+        self, prediction: Prediction, image_paths: Sequence[Path] | None, timings: dict[str, float], extra: dict
+    ) -> DatasetSummary:
+        with _Reporter() as report:
+            summary = write_dataset(
+                prediction,
+                self.output_dir,
+                image_paths=image_paths,
+                options=self._options(),
+                overwrite=self.overwrite,
+                progress=report,
+                metadata={"command": ["da3-process-data", *sys.argv[1:]], **extra, "timings_before_writing": timings},
+            )
+        summary.timings = {**timings, **summary.timings}
+        _print_summary(summary)
+        return summary
+
+
+@dataclass
+class _Network(_Common):
+    """Options of the commands that run the network."""
+
+    model: str = DEFAULT_MODEL
+    """Hugging Face repo id or local checkpoint folder (config.json + model.safetensors). The default,
+    DA3NESTED-GIANT-LARGE-1.1, gives the best (metric) geometry and fits ~100 views on a 24 GB GPU; its
+    licence is CC BY-NC 4.0 (non-commercial). DA3-SMALL / DA3-BASE are Apache-2.0."""
+    device: str | None = None
+    """torch device (default: cuda if available, else cpu)."""
+    process_res: int = 504
+    """Network input resolution (longest side for upper_bound_resize)."""
+    process_res_method: Literal["upper_bound_resize", "lower_bound_resize", "upper_bound_crop", "lower_bound_crop"] = (
+        "upper_bound_resize"
+    )
+    """Official resize rule; *_crop methods are refused (the dataset needs the full frame)."""
+    max_views_per_chunk: int | None = None
+    """Views per network pass (default: what fits in memory); more views run in aligned chunks."""
+    known_poses: Path | None = None
+    """COLMAP model folder or transforms.json with cameras to condition on (matched by file name);
+    the dataset is then in that model's frame and units."""
+    use_ray_pose: bool = False
+    """Cameras from the ray head instead of the camera head (slower, sometimes more accurate)."""
+    gaussian_head: bool = True
+    """Use the model's Gaussian head for splat_init.ply when it has one (else Gaussians from depth)."""
+
+    def _check(self) -> None:
+        if self.process_res_method.endswith("_crop"):
+            raise InputError(
+                f"--process-res-method {self.process_res_method} crops the images, but a dataset needs depth for "
+                "the full frame (as the official COLMAP export); use upper_bound_resize or lower_bound_resize"
+            )
+        if self.process_res < 14:
+            raise InputError(f"--process-res must be at least 14 (one patch), got {self.process_res}")
+        if self.max_views_per_chunk is not None and self.max_views_per_chunk < 3:
+            raise InputError(f"--max-views-per-chunk must be at least 3, got {self.max_views_per_chunk}")
+        if self.known_poses is not None and not self.known_poses.exists():
+            raise InputError(f"{self.known_poses}: --known-poses file or folder not found")
+
+    def _run(self, image_paths: list[Path], timings: dict[str, float]) -> Prediction:
+        """Load the model and predict (with known cameras when given), with progress and timings."""
+        from da3_nerfstudio.predictor import DA3Predictor
+
+        extrinsics = intrinsics = None
+        if self.known_poses is not None:
+            extrinsics, intrinsics = load_known_poses(self.known_poses, image_paths)
+        start = time.perf_counter()
+        with console.status(f"loading {self.model}"):
+            predictor = DA3Predictor(self.model, device=self.device)
+        timings["load model"] = time.perf_counter() - start
+        model = predictor.model
+        console.print(f"model {model.name} on {predictor.device} - licence: {model.preset.licence}")
+        start = time.perf_counter()
+        with _Reporter() as report:
+            prediction = predictor.predict(
+                image_paths,
+                extrinsics,
+                intrinsics,
+                process_res=self.process_res,
+                process_res_method=self.process_res_method,
+                infer_gs=self.gaussian_head and model.has_gaussian_head,
+                use_ray_pose=self.use_ray_pose,
+                max_views_per_chunk=self.max_views_per_chunk,
+                progress=lambda done, total: report("inference", done, total),
+            )
+        timings["inference"] = time.perf_counter() - start
+        return prediction
+
+    def _extra(self, prediction: Prediction) -> dict:
+        from da3_nerfstudio.model.presets import PRESETS
+
+        preset = PRESETS.get(prediction.model_name)
+        return {"model_source": self.model, "model_licence": preset.licence if preset else "unknown"}
+
+
+@dataclass
+class ImagesCommand(_Network):
+    """Photos of one scene (a folder, two or more images) -> dataset."""
+
+    def main(self) -> DatasetSummary:
+        self._check()
+        images = list_images(self.data)
+        check_output_dir(self.output_dir, overwrite=self.overwrite, inputs=[self.data])
+        timings: dict[str, float] = {}
+        prediction = self._run(images, timings)
+        return self._write(prediction, images, timings, self._extra(prediction))
+
+
+@dataclass
+class VideoCommand(_Network):
+    """A video -> evenly spaced frames -> dataset."""
+
+    num_frames_target: int = 100
+    """Number of frames to extract, evenly spaced over the whole video."""
+
+    def main(self) -> DatasetSummary:
+        from da3_nerfstudio.video import extract_frames
+
+        self._check()
+        if self.data.is_dir():
+            raise InputError(f"{self.data}: is a folder; use `da3-process-data images` for photos")
+        check_output_dir(self.output_dir, overwrite=self.overwrite, inputs=[self.data])
+        frames_dir = self.output_dir.with_name(f".{self.output_dir.name}.{uuid.uuid4().hex[:8]}.frames")
+        timings: dict[str, float] = {}
+        try:
+            start = time.perf_counter()
+            with _Reporter() as report:
+                frames = extract_frames(
+                    self.data, frames_dir, self.num_frames_target, progress=lambda d, t: report("frames", d, t)
+                )
+            timings["frames"] = time.perf_counter() - start
+            prediction = self._run(frames, timings)
+            return self._write(prediction, frames, timings, {**self._extra(prediction), "video": str(self.data)})
+        finally:
+            shutil.rmtree(frames_dir, ignore_errors=True)
+
+
+@dataclass
+class PredictionsCommand(_Common):
+    """Predictions computed elsewhere (this project's Prediction.save, or the official DA3 npz export with
+    depth, conf, extrinsics (N,3,4) world-to-camera, intrinsics, image) -> dataset, without the network."""
+
+    images: Path | None = None
+    """Folder with the original photos (same order, or the names stored in the npz); they are written at
+    full resolution with intrinsics rescaled to their size. Default: the npz's processed images."""
+
+    def main(self) -> DatasetSummary:
+        self._options()  # bad option values fail before anything is read
+        inputs = [self.data] if self.images is None else [self.data, self.images]
+        check_output_dir(self.output_dir, overwrite=self.overwrite, inputs=inputs)
+        prediction = Prediction.load(self.data)
+        paths = None
+        if self.images is not None:
+            paths = _match_images(prediction, list_images(self.images, minimum=1), self.images)
+        elif not _has_images(self.data):
+            raise InputError(f"{self.data}: has no 'image' array; pass --images with the original photos")
+        return self._write(prediction, paths, {}, {"predictions": str(self.data)})
+
+
+def _has_images(npz: Path) -> bool:
+    with np.load(npz, allow_pickle=False) as data:
+        return "image" in data.files
+
+
+def _match_images(prediction: Prediction, images: list[Path], folder: Path) -> list[Path]:
+    """The photo of each view: by the file names stored in the prediction, else in sorted order."""
+    by_name = {p.name: p for p in images}
+    stored = [Path(name).name for name in prediction.names]
+    if stored and all(name in by_name for name in stored):
+        return [by_name[name] for name in stored]
+    if len(images) != len(prediction):
+        raise InputError(f"{folder}: {len(images)} images for a prediction of {len(prediction)} views")
+    return images
+
+
+def list_images(folder: Path, minimum: int = 2) -> list[Path]:
+    """Image files of a folder in natural order, each header checked; other files are ignored with a note."""
+    if not folder.exists():
+        raise InputError(f"{folder}: no such folder")
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a folder (use `da3-process-data video` for a video file)")
+    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    images = natural_sorted([p for p in files if p.suffix.lower() in IMAGE_SUFFIXES])
+    others = sorted(p.name for p in files if p.suffix.lower() not in IMAGE_SUFFIXES)
+    if others:
+        shown = ", ".join(others[:5]) + (f" (+{len(others) - 5} more)" if len(others) > 5 else "")
+        console.print(f"ignoring {len(others)} file(s) that are not images: {shown}")
+    if not images:
+        raise InputError(f"{folder}: no images found ({', '.join(IMAGE_SUFFIXES)})")
+    if len(images) < minimum:
+        raise InputError(f"{folder}: only one image ({images[0].name}); a dataset needs at least 2 views")
+    for path in images:
+        image_header(path)
+    return images
+
+
+def load_known_poses(path: Path, image_paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """(N,4,4) world-to-camera and (N,3,3) intrinsics at each image's own size, from a COLMAP model
+    folder or a transforms.json, matched to ``image_paths`` by file name."""
+    from da3_nerfstudio.formats.colmap import read_colmap_model
+    from da3_nerfstudio.formats.transforms import read_transforms_json
+
+    if path.is_dir():
+        model = read_colmap_model(path)
+        w2c, intrinsics, sizes, names = model.w2c, model.intrinsics, model.image_sizes, model.image_names
+    elif path.suffix.lower() == ".json":
+        w2c, intrinsics, sizes, names = read_transforms_json(path)
+    else:
+        raise InputError(f"{path}: --known-poses must be a COLMAP model folder or a transforms.json")
+    index = {Path(name).name: i for i, name in enumerate(names)}
+    missing = [p.name for p in image_paths if p.name not in index]
+    if missing:
+        raise InputError(
+            f"{path}: no camera for {len(missing)} of {len(image_paths)} images (e.g. {', '.join(missing[:3])})"
+        )
+    order = [index[p.name] for p in image_paths]
+    rescaled = []
+    for p, i in zip(image_paths, order, strict=True):
+        width, height, _ = image_header(p)
+        rescaled.append(rescale_intrinsics(intrinsics[i], (sizes[i][1], sizes[i][0]), (height, width)))
+    return to_homogeneous(np.asarray(w2c, dtype=np.float64)[order]), np.stack(rescaled)
+
+
+def _print_summary(summary: DatasetSummary) -> None:
+    table = Table(title=f"Dataset written to {summary.output_dir}", show_header=False)
+    sizes = ", ".join(f"{w}x{h}" for w, h in summary.image_sizes)
+    if summary.downscales:
+        sizes += " (+ " + ", ".join(f"images_{f}" for f in summary.downscales) + ")"
+    rows = [
+        ("views", f"{summary.views} ({summary.train_views} train, {summary.eval_views} eval)"),
+        ("images", sizes),
+        ("network resolution", "{}x{}".format(*summary.processed_size)),
+        ("points", f"{summary.points:,} (sparse_pc.ply, colmap/sparse/0)"),
+        ("Gaussians", f"{summary.gaussians:,} from {summary.gaussian_source} (splat_init.ply)"),
+        *((f"time: {stage}", f"{seconds:.2f} s") for stage, seconds in summary.timings.items()),
+        ("time: total", f"{sum(summary.timings.values()):.2f} s"),
+    ]  # fmt: skip
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+    console.print(
+        f"train: ns-train da3-splat --data {summary.output_dir}\n"
+        "depth files are float32 in the units of the poses: with nerfstudio's own parser use "
+        "`nerfstudio-data --depth-unit-scale-factor 1.0` (da3-splat sets it)"
+    )
+
+
+Command = (
+    Annotated[ImagesCommand, tyro.conf.subcommand("images")]
+    | Annotated[VideoCommand, tyro.conf.subcommand("video")]
+    | Annotated[PredictionsCommand, tyro.conf.subcommand("predictions")]
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default: the command line), run, and return the exit code."""
+    command = tyro.cli(Command, args=argv, prog="da3-process-data", description=DESCRIPTION)
+    logging.basicConfig(level=logging.WARNING, handlers=[RichHandler(console=console, show_path=False)], force=True)
+    logging.getLogger("da3_nerfstudio").setLevel(logging.INFO)
+    try:
+        command.main()
+    except DA3Error as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: the output folder was left as it was", file=sys.stderr)
+        return 130
+    return 0
+
+
+def entrypoint() -> None:
+    """Console script ``da3-process-data``."""
+    sys.exit(main())

@@ -1,0 +1,643 @@
+"""Write a DA3 :class:`~da3_nerfstudio.prediction.Prediction` as a dataset folder.
+
+One folder serves every consumer of the project:
+
+* nerfstudio's ``nerfstudio-data`` parser (and ``da3-data``) reads ``transforms.json`` unmodified:
+  PINHOLE intrinsics per frame at the size of the written image, OpenGL camera-to-world poses,
+  ``depth_file_path`` (float32 ``.npy`` z-depth **in the units of the poses**, so consumers use
+  ``depth_unit_scale_factor=1.0``; 0 marks sky and unknown pixels), ``confidence_file_path`` (read by
+  ``da3-data``), ``ply_file_path`` and an explicit train/val/test split. ``applied_transform`` is the
+  identity: without it nerfstudio would silently apply COLMAP's axis swap because the folder also
+  holds ``colmap/sparse/0``.
+* ``images_2``/``images_4``... (and matching ``depths_N``, which nerfstudio looks up with the same
+  factor) exist exactly when nerfstudio's automatic downscaling would look for them (> 1600 px).
+* ``colmap/sparse/0`` for COLMAP-based trainers, with the sparse points and, as each point's track,
+  the pixel it was unprojected from.
+* ``sparse_pc.ply`` (seed points), ``splat_init.ply`` (initial Gaussians, INRIA 3DGS layout), and
+  ``da3/`` (``predictions.npz``, previews, and the ``dataset.json`` manifest that marks the folder
+  as ours so that a rerun may replace it).
+
+The folder is built next to the output under a temporary name and swapped in at the end, so the
+output is either the complete new dataset or whatever was there before.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from da3_nerfstudio.errors import InputError
+from da3_nerfstudio.formats.colmap import write_colmap_model
+from da3_nerfstudio.formats.ply import SplatData, write_point_cloud_ply, write_splat_ply
+from da3_nerfstudio.formats.transforms import frames_from_cameras, write_transforms_json
+from da3_nerfstudio.geometry import rescale_intrinsics
+from da3_nerfstudio.prediction import CONF_PERCENTILE, Prediction
+from da3_nerfstudio.preprocess import load_image
+from da3_nerfstudio.splat_init import splats_from_depth, splats_from_gaussian_head
+
+TOOL = "da3-process-data"
+FORMAT_VERSION = 1
+MANIFEST = Path("da3") / "dataset.json"
+#: nerfstudio-data looks for images_2, images_4, ... while the image's longest side exceeds this.
+MAX_AUTO_RESOLUTION = 1600
+#: Files in these formats are copied byte for byte (when not rotated by EXIF); others become PNG.
+COPY_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: Finest voxel of the point-cloud downsampling, relative to the cloud's extent (keeps keys in int64).
+_MIN_VOXEL_FRACTION = 2.0**-20
+#: The downsampled cloud is accepted when it has between this fraction of the target and the target.
+_POINT_COUNT_TOLERANCE = 0.9
+_TOP_VIEW_PIXELS = 1024
+
+Progress = Callable[[str, int, int], None]
+"""``progress(stage, done, total)``, called as each stage advances."""
+
+
+@dataclass
+class DatasetOptions:
+    """What to write besides the cameras and depth."""
+
+    conf_percentile: float = CONF_PERCENTILE
+    """Confidence percentile below which pixels give no points or Gaussians (official rule, floor 1.05)."""
+    num_points: int = 200_000
+    """Target size of ``sparse_pc.ply`` (voxel-downsampled, most confident pixel per voxel)."""
+    num_gaussians: int = 1_000_000
+    """Most Gaussians in ``splat_init.ply`` (pixels are strided, then randomly thinned to this)."""
+    eval_interval: int = 8
+    """Every N-th view (from N/2) is held out for val/test; 0, or too few views, evaluates on all views."""
+
+
+@dataclass
+class DatasetSummary:
+    """What was written, for the command's report and the manifest."""
+
+    output_dir: str
+    views: int
+    processed_size: tuple[int, int]
+    image_sizes: list[tuple[int, int]]
+    downscales: list[int]
+    points: int
+    gaussians: int
+    gaussian_source: str
+    train_views: int
+    eval_views: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _View:
+    """Where view i of the prediction goes and how its pixels relate to the written image."""
+
+    name: str
+    source: Path | None
+    size: tuple[int, int]  # written (width, height)
+    intrinsics: np.ndarray  # at the written size
+    to_written: np.ndarray  # 3x3 affine: processed pixel -> written pixel (continuous convention)
+    full_frame: bool  # the processed image is a plain rescaling of the whole written image
+    copy: bool  # the source file can be copied unchanged
+
+
+# ------------------------------------------------------------------------------------------------
+# Output folder safety
+
+
+def is_dataset(folder: str | Path) -> bool:
+    """True if ``folder`` was written by this tool (it holds our manifest)."""
+    try:
+        meta = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("tool") == TOOL
+
+
+def check_output_dir(output_dir: str | Path, *, overwrite: bool = False, inputs: Sequence[str | Path] = ()) -> None:
+    """Refuse outputs that would destroy data or cannot be written, before any long computation.
+
+    A non-empty folder that is not a previous dataset needs ``overwrite``; a folder that contains
+    one of the ``inputs`` is refused even then, since replacing it would delete the input.
+    """
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder")
+    resolved = out.resolve()
+    for item in inputs:
+        if resolved == Path(item).resolve() or resolved in Path(item).resolve().parents:
+            raise InputError(f"{out}: the output folder contains the input {item}; choose another output folder")
+    if out.is_dir() and any(out.iterdir()) and not is_dataset(out) and not overwrite:
+        raise InputError(f"{out}: folder is not empty and was not written by {TOOL}; pass --overwrite to replace it")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.probe"
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as err:
+        raise InputError(f"{out}: cannot write here ({err.strerror or err})") from None
+
+
+def _swap_into_place(stage: Path, out: Path) -> None:
+    """Replace ``out`` by the finished ``stage`` folder with renames only (old one restored on failure)."""
+    if not out.exists():
+        os.rename(stage, out)
+        return
+    backup = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.da3-old")
+    os.rename(out, backup)
+    try:
+        os.rename(stage, out)
+    except BaseException:
+        os.rename(backup, out)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Views and images
+
+
+def _natural_key(name: str) -> list[int | str]:
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def natural_sorted(paths: Sequence[Path]) -> list[Path]:
+    """Paths in human order (``2.png`` before ``10.png``)."""
+    return sorted(paths, key=lambda p: _natural_key(p.name))
+
+
+def image_header(path: Path) -> tuple[int, int, bool]:
+    """Upright (width, height) of an image file and whether its bytes can be copied as they are.
+
+    Reads the header only, so a folder of photos can be checked before any long computation.
+    """
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            orientation = im.getexif().get(0x0112, 1)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+        raise InputError(f"{path}: not a readable image ({err})") from None
+    if orientation in (5, 6, 7, 8):  # EXIF orientations that swap the axes
+        width, height = height, width
+    return width, height, orientation in (0, 1) and path.suffix.lower() in COPY_SUFFIXES
+
+
+def _aspect_tolerance(*sizes: tuple[int, int], slack: float) -> float:
+    return sum(slack / min(size) for size in sizes)
+
+
+def _plan_views(pred: Prediction, image_paths: Sequence[Path] | None) -> list[_View]:
+    """Names, sizes, intrinsics and pixel maps of the written images."""
+    n = len(pred)
+    height, width = pred.size
+    if image_paths is None:
+        return [
+            _View(f"frame_{i + 1:05d}.png", None, (width, height), pred.intrinsics[i].astype(np.float64), np.eye(3),
+                  True, False)
+            for i in range(n)
+        ]  # fmt: skip
+    if len(image_paths) != n:
+        raise InputError(f"{len(image_paths)} images given for a prediction of {n} views")
+    original_intrinsics = pred.original_intrinsics()
+    views = []
+    for i, path in enumerate(image_paths):
+        path = Path(path)
+        w, h, copy = image_header(path)
+        transform = np.eye(3) if pred.transforms is None else np.asarray(pred.transforms[i], dtype=np.float64)
+        if pred.original_sizes is not None:
+            w0, h0 = (int(v) for v in pred.original_sizes[i])
+            tolerance = _aspect_tolerance((w, h), (w0, h0), slack=1.0)  # one pixel of rounding per side
+        else:  # official npz: the processed image is a full-frame resize, sides rounded to the 14-px patch
+            w0, h0 = width, height
+            tolerance = _aspect_tolerance((w, h), (w0, h0), slack=14.0)
+        if abs((w / h) / (w0 / h0) - 1) > tolerance:
+            raise InputError(
+                f"{path}: image is {w}x{h} but view {i} of the prediction comes from a {w0}x{h0} image "
+                "(different aspect ratio: wrong image, or images in another order)"
+            )
+        corner = transform @ np.array([w0, h0, 1.0])
+        full_frame = np.allclose(transform[:2, 2], 0, atol=1e-6) and np.allclose(corner[:2], [width, height], atol=1e-4)
+        scale = np.diag([w / w0, h / h0, 1.0])
+        suffix = path.suffix.lower() if copy else ".png"
+        views.append(
+            _View(
+                name=f"frame_{i + 1:05d}{suffix}",
+                source=path,
+                size=(w, h),
+                intrinsics=rescale_intrinsics(original_intrinsics[i], (h0, w0), (h, w)),
+                to_written=scale @ np.linalg.inv(transform),
+                full_frame=bool(full_frame),
+                copy=copy,
+            )
+        )
+    return views
+
+
+def downscale_factors(sizes: Sequence[tuple[int, int]]) -> list[int]:
+    """The ``images_N`` folders nerfstudio-data's automatic downscaling looks for (powers of two)."""
+    longest = max(max(size) for size in sizes)
+    factors, factor = [], 1
+    while longest / factor > MAX_AUTO_RESOLUTION:
+        factor *= 2
+        factors.append(factor)
+    return factors
+
+
+def _write_image(pred: Prediction, index: int, view: _View, stage: Path, factors: list[int]) -> None:
+    """Full-resolution image into images/ and nerfstudio's downscaled copies into images_N/."""
+    target = stage / "images" / view.name
+    rgb = None
+    if view.source is None:
+        rgb = pred.images[index]
+    if view.copy and view.source is not None:
+        shutil.copyfile(view.source, target)
+    else:
+        rgb = load_image(view.source) if rgb is None else rgb
+        Image.fromarray(rgb).save(target)
+    if not factors:
+        return
+    image = Image.fromarray(load_image(view.source) if rgb is None else rgb)
+    w, h = view.size
+    for factor in factors:
+        # nerfstudio floors the camera size (Cameras.rescale_output_resolution): the image must match.
+        small = image.resize((max(1, w // factor), max(1, h // factor)), Image.Resampling.BOX)
+        small.save(stage / f"images_{factor}" / view.name, quality=95)
+
+
+# ------------------------------------------------------------------------------------------------
+# Depth and confidence
+
+
+def _to_written_frame(values: np.ndarray, view: _View, fill: float) -> np.ndarray:
+    """Resample a processed-resolution map onto the written image's grid (nearest: no mixed depths)."""
+    shift = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])
+    # cv2 puts pixel centres at integer coordinates: conjugate the continuous map by half a pixel.
+    matrix = np.linalg.inv(shift) @ view.to_written @ shift
+    return cv2.warpAffine(
+        values.astype(np.float32), matrix[:2], view.size, flags=cv2.INTER_NEAREST,
+        borderMode=cv2.BORDER_CONSTANT, borderValue=fill,
+    )  # fmt: skip
+
+
+def _depth_maps(pred: Prediction, index: int, view: _View) -> tuple[np.ndarray, np.ndarray | None]:
+    """float32 depth (0 where sky or not finite) and confidence, aligned with the written image.
+
+    Depth stays at the processed resolution when that is a plain rescaling of the image (nerfstudio
+    resizes depth to the image); cropped views (mixed input sizes) are resampled to the image grid.
+    """
+    depth = pred.depth[index].astype(np.float32)
+    bad = ~np.isfinite(depth) | (depth < 0)
+    if pred.sky is not None:
+        bad |= pred.sky[index]
+    depth = np.where(bad, np.float32(0), depth)
+    conf = None if pred.conf is None else pred.conf[index].astype(np.float32)
+    if not view.full_frame:
+        depth = _to_written_frame(depth, view, fill=0.0)
+        conf = None if conf is None else _to_written_frame(conf, view, fill=0.0)
+    return depth, conf
+
+
+# ------------------------------------------------------------------------------------------------
+# Points
+
+
+def voxel_downsample(
+    points: np.ndarray, target: int, priority: np.ndarray | None = None, max_iterations: int = 24
+) -> tuple[np.ndarray, float]:
+    """Indices of at most ``target`` points, one per occupied voxel, and the voxel size used.
+
+    The voxel size is bisected (in log scale) until the occupied voxels number between 90 % and 100 %
+    of ``target``; each voxel keeps its highest-``priority`` point (an actual sample, not an average,
+    so every kept point still lies on the pixel ray it came from). All points fit: size 0.
+    """
+    n = len(points)
+    if n <= target:
+        return np.arange(n), 0.0
+    order = np.argsort(-priority, kind="stable") if priority is not None else np.arange(n)
+    pts = points[order].astype(np.float64)
+    low = pts.min(axis=0)
+    extent = float(np.max(pts.max(axis=0) - low))
+    if extent == 0:
+        return order[:1], 0.0
+
+    def occupied(size: float) -> np.ndarray:
+        cells = np.floor((pts - low) / size).astype(np.int64)
+        dims = cells.max(axis=0) + 1
+        keys = (cells[:, 0] * dims[1] + cells[:, 1]) * dims[2] + cells[:, 2]
+        return np.unique(keys, return_index=True)[1]
+
+    lo, hi = math.log(extent * _MIN_VOXEL_FRACTION), math.log(extent)
+    best, best_size = occupied(extent), extent
+    for _ in range(max_iterations):
+        mid = 0.5 * (lo + hi)
+        first = occupied(math.exp(mid))
+        if len(first) > target:
+            lo = mid
+        else:
+            hi, best, best_size = mid, first, math.exp(mid)
+            if len(first) >= _POINT_COUNT_TOLERANCE * target:
+                break
+    return np.sort(order[best]), best_size
+
+
+def _sparse_points(
+    pred: Prediction, views: list[_View], options: DatasetOptions
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[list[tuple[int, tuple[float, float]]]]]:
+    """Confident pixels as points: (points, colours, confidence, per point its source pixel in the
+    written image as a COLMAP track)."""
+    points, colours, view_index = pred.world_points(options.conf_percentile)
+    mask = pred.valid_mask(options.conf_percentile)
+    _, rows, cols = np.nonzero(mask)  # the order of world_points' masked arrays
+    conf = pred.conf[mask] if pred.conf is not None else np.ones(len(points), np.float32)
+    keep, _ = voxel_downsample(points, options.num_points, conf)
+    view_index, uv = view_index[keep], np.stack([cols[keep] + 0.5, rows[keep] + 0.5, np.ones(len(keep))], axis=1)
+    to_written = np.stack([v.to_written for v in views])[view_index]
+    uv = np.einsum("nij,nj->ni", to_written, uv)[:, :2]
+    tracks = [[(int(v), (float(u[0]), float(u[1])))] for v, u in zip(view_index, uv, strict=True)]
+    return points[keep], colours[keep], conf[keep].astype(np.float32), tracks
+
+
+def _initial_splats(pred: Prediction, options: DatasetOptions) -> tuple[SplatData, str]:
+    """Gaussians from the model's Gaussian head, else one per confident (strided) pixel."""
+    if pred.gaussians:
+        return splats_from_gaussian_head(pred.gaussians, max_gaussians=options.num_gaussians), "Gaussian head"
+    mask = pred.valid_mask(options.conf_percentile)
+    stride = max(1, math.isqrt(int(mask.sum()) // max(1, options.num_gaussians)))
+    splats = splats_from_depth(
+        pred.images,
+        np.where(mask, pred.depth, 0.0),
+        pred.extrinsics,
+        pred.intrinsics,
+        pred.conf,
+        stride=stride,
+        max_gaussians=options.num_gaussians,
+    )
+    return splats, f"depth (every {stride} px)" if stride > 1 else "depth (every pixel)"
+
+
+# ------------------------------------------------------------------------------------------------
+# Previews
+
+
+def _colourise(values: np.ndarray, valid: np.ndarray, colormap: int) -> np.ndarray:
+    """BGR picture of a map, robustly normalised (2nd-98th percentile) over ``valid`` pixels."""
+    out = np.zeros((*values.shape, 3), np.uint8)
+    if not valid.any():
+        return out
+    lo, hi = np.percentile(values[valid], [2, 98])
+    scaled = np.clip((values - lo) / max(hi - lo, 1e-12), 0, 1)
+    coloured = cv2.applyColorMap((scaled * 255).astype(np.uint8), colormap)
+    out[valid] = coloured[valid]
+    return out
+
+
+def _top_view(points: np.ndarray, colours: np.ndarray, c2w: np.ndarray) -> np.ndarray:
+    """BGR picture of the points and cameras seen from above (against the cameras' mean up vector)."""
+    up = -c2w[:, :3, 1].mean(axis=0)  # OpenCV cameras: y points down
+    up = up / (np.linalg.norm(up) or 1.0)
+    forward = c2w[:, :3, 2].mean(axis=0)
+    forward = forward - up * (forward @ up)
+    if np.linalg.norm(forward) < 1e-6:
+        forward = np.cross(up, [1.0, 0.0, 0.0] if abs(up[0]) < 0.9 else [0.0, 1.0, 0.0])
+    forward /= np.linalg.norm(forward)
+    right = np.cross(forward, up)
+    basis = np.stack([right, forward])  # picture x: right, picture y (flipped below): forward
+
+    def plane(p: np.ndarray) -> np.ndarray:
+        return p @ basis.T
+
+    centres = c2w[:, :3, 3]
+    flat = np.concatenate([plane(points), plane(centres)]) if len(points) else plane(centres)
+    lo = np.percentile(flat, 1, axis=0) if len(points) else flat.min(axis=0)
+    hi = np.percentile(flat, 99, axis=0) if len(points) else flat.max(axis=0)
+    lo, hi = np.minimum(lo, plane(centres).min(0)), np.maximum(hi, plane(centres).max(0))
+    size = _TOP_VIEW_PIXELS
+    scale = 0.9 * size / max(float(np.max(hi - lo)), 1e-9)
+    middle = 0.5 * (lo + hi)
+
+    def pixels(p: np.ndarray) -> np.ndarray:
+        xy = (plane(p) - middle) * scale
+        return np.stack([size / 2 + xy[:, 0], size / 2 - xy[:, 1]], axis=1)
+
+    canvas = np.full((size, size, 3), 255, np.uint8)
+    if len(points):
+        order = np.argsort(points @ up)  # highest last, as seen from above
+        px = np.round(pixels(points[order])).astype(int)
+        inside = (px >= 0).all(1) & (px < size).all(1)
+        canvas[px[inside, 1], px[inside, 0]] = colours[order][inside][:, ::-1]
+    span = 0.04 * size
+    for i, (centre, axis) in enumerate(zip(pixels(centres), plane(c2w[:, :3, 2]), strict=True)):
+        tip = centre + span * np.array([axis[0], -axis[1]]) / max(float(np.linalg.norm(axis)), 1e-9)
+        c, t = tuple(int(v) for v in np.round(centre)), tuple(int(v) for v in np.round(tip))
+        cv2.arrowedLine(canvas, c, t, (0, 0, 200), 2, tipLength=0.3)
+        cv2.circle(canvas, c, 4, (200, 0, 0), -1)
+        cv2.putText(canvas, str(i + 1), (c[0] + 5, c[1] - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
+    return canvas
+
+
+def _write_previews(
+    pred: Prediction, points: np.ndarray, colours: np.ndarray, folder: Path, progress: Progress | None
+) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    valid = pred.valid_mask(0.0)
+    for i in range(len(pred)):
+        stem = f"frame_{i + 1:05d}"
+        # Inverse depth spreads near and far structure evenly over the colour map.
+        inverse = np.where(valid[i], 1.0 / np.maximum(pred.depth[i], 1e-12), 0.0)
+        cv2.imwrite(str(folder / f"{stem}_depth.png"), _colourise(inverse, valid[i], cv2.COLORMAP_TURBO))
+        if pred.conf is not None:
+            cv2.imwrite(
+                str(folder / f"{stem}_confidence.png"),
+                _colourise(pred.conf[i], np.isfinite(pred.conf[i]), cv2.COLORMAP_VIRIDIS),
+            )
+        if progress is not None:
+            progress("previews", i + 1, len(pred))
+    cv2.imwrite(str(folder / "cameras_top.png"), _top_view(points.astype(np.float64), colours, pred.c2w_opencv()))
+
+
+# ------------------------------------------------------------------------------------------------
+# The writer
+
+
+def split_indices(n: int, eval_interval: int) -> tuple[list[int], list[int]]:
+    """(train, eval) view indices: every ``eval_interval``-th view from the middle of the first
+    interval is held out; with none held out, evaluation uses all views."""
+    held = [i for i in range(n) if eval_interval > 0 and i % eval_interval == eval_interval // 2]
+    if not held or len(held) == n:
+        return list(range(n)), list(range(n))
+    return [i for i in range(n) if i not in held], held
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+
+
+def _check_prediction(pred: Prediction) -> None:
+    if len(pred) == 0:
+        raise InputError("the prediction has no views")
+    if not np.isfinite(pred.extrinsics).all() or not np.isfinite(pred.intrinsics).all():
+        raise InputError("the prediction has non-finite camera parameters")
+
+
+def write_dataset(
+    prediction: Prediction,
+    output_dir: str | Path,
+    *,
+    image_paths: Sequence[str | Path] | None = None,
+    options: DatasetOptions | None = None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> DatasetSummary:
+    """Write ``prediction`` as a dataset folder (see the module docstring), atomically.
+
+    Args:
+        prediction: cameras, depth and optionally confidence, sky and Gaussians for N views.
+        output_dir: the dataset folder; an existing one is replaced only if it is a previous
+            dataset of this tool or ``overwrite`` is set.
+        image_paths: the N original images (at full resolution, or any resolution of the same aspect);
+            without them the prediction's processed images are written.
+        options: point, Gaussian and split settings.
+        progress: ``progress(stage, done, total)`` callback.
+        metadata: extra entries for ``da3/dataset.json`` (e.g. the command line and model licence).
+    """
+    options = options or DatasetOptions()
+    out = Path(output_dir)
+    paths = None if image_paths is None else [Path(p) for p in image_paths]
+    check_output_dir(out, overwrite=overwrite, inputs=paths or ())
+    _check_prediction(prediction)
+    timings: dict[str, float] = {}
+    with _timed(timings, "plan"):
+        views = _plan_views(prediction, paths)
+    factors = downscale_factors([v.size for v in views])
+    stage = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.da3-new")
+
+    def advance(name: str, done: int, total: int) -> None:
+        if progress is not None:
+            progress(name, done, total)
+
+    try:
+        stage.mkdir()
+        for folder in ("images", "depths", "confidence", "da3", *(f"images_{f}" for f in factors),
+                       *(f"depths_{f}" for f in factors)):  # fmt: skip
+            (stage / folder).mkdir(parents=True, exist_ok=True)
+
+        with _timed(timings, "images"), ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            jobs = [pool.submit(_write_image, prediction, i, v, stage, factors) for i, v in enumerate(views)]
+            for done, job in enumerate(jobs, 1):
+                job.result()
+                advance("images", done, len(jobs))
+
+        with _timed(timings, "depth"):
+            for i, view in enumerate(views):
+                depth, conf = _depth_maps(prediction, i, view)
+                stem = Path(view.name).stem
+                for folder in ("depths", *(f"depths_{f}" for f in factors)):
+                    np.save(stage / folder / f"{stem}.npy", depth)
+                if conf is not None:
+                    np.save(stage / "confidence" / f"{stem}.npy", conf)
+                advance("depth", i + 1, len(views))
+
+        with _timed(timings, "points"):
+            points, colours, confidence, tracks = _sparse_points(prediction, views, options)
+            write_point_cloud_ply(stage / "sparse_pc.ply", points, colours, confidence)
+            advance("points", 1, 1)
+
+        with _timed(timings, "colmap"):
+            write_colmap_model(
+                stage / "colmap" / "sparse" / "0",
+                prediction.extrinsics.astype(np.float64),
+                np.stack([v.intrinsics for v in views]),
+                [v.size for v in views],
+                [v.name for v in views],
+                points,
+                colours,
+                tracks,
+            )
+            advance("colmap", 1, 1)
+
+        with _timed(timings, "splats"):
+            splats, gaussian_source = _initial_splats(prediction, options)
+            write_splat_ply(stage / "splat_init.ply", splats)
+            advance("splats", 1, 1)
+
+        train, evals = split_indices(len(views), options.eval_interval)
+        with _timed(timings, "transforms"):
+            names = [f"images/{v.name}" for v in views]
+            frames = frames_from_cameras(
+                prediction.extrinsics.astype(np.float64),
+                np.stack([v.intrinsics for v in views]),
+                [v.size for v in views],
+                names,
+                [f"depths/{Path(v.name).stem}.npy" for v in views],
+            )
+            if prediction.conf is not None:
+                for frame, view in zip(frames, views, strict=True):
+                    frame["confidence_file_path"] = f"confidence/{Path(view.name).stem}.npy"
+            write_transforms_json(
+                stage / "transforms.json",
+                frames,
+                ply_file_path="sparse_pc.ply",
+                extra={
+                    # The frames are already in the world frame we want: no COLMAP axis swap.
+                    "applied_transform": np.eye(4)[:3].tolist(),
+                    "train_filenames": [names[i] for i in train],
+                    "val_filenames": [names[i] for i in evals],
+                    "test_filenames": [names[i] for i in evals],
+                },
+            )
+
+        with _timed(timings, "predictions"):
+            prediction.save(stage / "da3" / "predictions.npz")
+        with _timed(timings, "previews"):
+            _write_previews(prediction, points, colours, stage / "da3" / "preview", progress)
+
+        height, width = prediction.size
+        summary = DatasetSummary(
+            output_dir=str(out),
+            views=len(views),
+            processed_size=(width, height),
+            image_sizes=sorted({v.size for v in views}),
+            downscales=factors,
+            points=len(points),
+            gaussians=len(splats),
+            gaussian_source=gaussian_source,
+            train_views=len(train),
+            eval_views=len(evals),
+            timings=timings,
+        )
+        manifest = {
+            "tool": TOOL,
+            "format": FORMAT_VERSION,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "model": prediction.model_name,
+            "is_metric": prediction.is_metric,
+            "depth_unit_scale_factor": 1.0,
+            "sources": [str(v.source) if v.source else None for v in views],
+            **(metadata or {}),
+            "summary": asdict(summary),
+        }
+        (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        with _timed(timings, "finalise"):
+            _swap_into_place(stage, out)
+    except OSError as err:
+        raise InputError(f"{out}: writing the dataset failed ({err})") from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return summary
