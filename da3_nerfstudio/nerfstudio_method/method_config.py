@@ -7,7 +7,8 @@ optimiser settings are splatfacto's; the datamanager serves DA3 depth with every
 
 from __future__ import annotations
 
-from nerfstudio.configs.base_config import ViewerConfig
+import torch
+from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
 from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanager, FullImageDatamanagerConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
@@ -39,6 +40,8 @@ da3_splat = MethodSpecification(
         steps_per_eval_all_images=1000,
         max_num_iterations=30000,
         mixed_precision=False,
+        # nerfstudio defaults to CUDA; without it, train on the CPU (pure-PyTorch rasterizer) rather than fail.
+        machine=MachineConfig(device_type="cuda" if torch.cuda.is_available() else "cpu"),
         pipeline=VanillaPipelineConfig(
             datamanager=FullImageDatamanagerConfig(
                 _target=FullImageDatamanager[DA3DepthDataset],
