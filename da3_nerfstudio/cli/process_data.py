@@ -15,7 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -110,6 +110,10 @@ class _Common:
             raise InputError("--num-points and --num-gaussians must be positive, --eval-interval >= 0")
         return DatasetOptions(self.conf_percentile, self.num_points, self.num_gaussians, self.eval_interval)
 
+    def _settings(self) -> dict:
+        """The command's options as JSON values, for the manifest."""
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
     def _write(
         self, prediction: Prediction, image_paths: Sequence[Path] | None, timings: dict[str, float], extra: dict
     ) -> DatasetSummary:
@@ -121,7 +125,7 @@ class _Common:
                 options=self._options(),
                 overwrite=self.overwrite,
                 progress=report,
-                metadata={"command": ["da3-process-data", *sys.argv[1:]], **extra, "timings_before_writing": timings},
+                metadata={"options": self._settings(), **extra, "timings_before_writing": timings},
             )
         summary.timings = {**timings, **summary.timings}
         _print_summary(summary)
