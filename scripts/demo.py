@@ -1,4 +1,9 @@
-"""`make demo`: run the main job on the sample photos, saying clearly what it did or what is missing."""
+"""`make demo`: run da3-process-data on the two sample photos, or say exactly what is missing.
+
+The network needs real DA3 weights (never random ones here). Without them the demo says which
+weights are missing and how to provide them, and instead runs the same tool's ``predictions`` path
+on the room sample's ground truth (clearly labelled as such), so the dataset writing is still shown.
+"""
 
 from __future__ import annotations
 
@@ -7,38 +12,61 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
+from PIL import Image
 
-from da3_nerfstudio.errors import DA3Error
-from da3_nerfstudio.model import DA3Model
+from da3_nerfstudio.cli import process_data
+from da3_nerfstudio.errors import CheckpointError
+from da3_nerfstudio.model.loading import resolve_checkpoint
 
-SAMPLES = Path(os.environ.get("DA3_SAMPLES", Path(__file__).resolve().parents[2] / "shared" / "samples"))
-MODEL = os.environ.get("DA3_MODEL", "depth-anything/DA3-SMALL")
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = Path(os.environ.get("DA3_SAMPLES", ROOT.parent / "shared" / "samples"))
+MODEL = os.environ.get("DA3_MODEL", process_data.DEFAULT_MODEL)
+OUTPUTS = ROOT / "outputs"
+
+
+def oracle_npz(room: Path, path: Path) -> Path:
+    """The room sample's ground truth in the official DA3 npz layout (see samples/README.md)."""
+    gt = np.load(room / "condition.npz")
+    intrinsics = gt["intrinsics"].astype(np.float64).copy()
+    intrinsics[:, :2, 2] += 0.5  # the sample uses integer-index pixel coordinates
+    names = [room / "rgb" / f"{i}.png" for i in range(len(intrinsics))]
+    images = np.stack([np.asarray(Image.open(name).convert("RGB")) for name in names])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        path,
+        depth=gt["depths"],
+        conf=np.ones_like(gt["depths"]),
+        extrinsics=np.linalg.inv(gt["poses"].astype(np.float64))[:, :3],
+        intrinsics=intrinsics,
+        image=images,
+    )
+    return path
 
 
 def main() -> int:
-    photos = sorted((SAMPLES / "soh").glob("*.png"))
-    if not photos:
-        print(f"demo: no sample photos in {SAMPLES / 'soh'} (set DA3_SAMPLES to the samples folder)")
+    photos = SAMPLES / "soh"
+    if not photos.is_dir():
+        print(f"demo: no sample photos at {photos} (set DA3_SAMPLES to the samples folder)")
         return 1
     try:
-        model = DA3Model.from_pretrained(MODEL)
-    except DA3Error as err:
-        print(f"demo: cannot load the DA3 weights: {err}")
-        print("demo: nothing was run (set DA3_MODEL to a local checkpoint folder to run the network)")
-        return 0
-    from PIL import Image
-
-    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-    images = [np.asarray(Image.open(p).convert("RGB").resize((504, 280)), dtype=np.float64) / 255 for p in photos]
-    x = torch.from_numpy(np.stack([(im - mean) / std for im in images])).permute(0, 3, 1, 2)[None].float()
-    with torch.inference_mode():
-        out = model(x)
-    print(f"demo: ran {model.name} on {len(photos)} photos from {SAMPLES / 'soh'} at 504x280")
-    for i, path in enumerate(photos):
-        depth = out["depth"][0, i]
-        print(f"  {path.name}: depth {depth.min():.3f}..{depth.max():.3f}, camera\n{out['extrinsics'][0, i].numpy()}")
-    return 0
+        resolve_checkpoint(MODEL)
+    except CheckpointError as err:
+        print(f"demo: the DA3 weights are not available: {err}")
+        print(
+            "demo: the network was NOT run (no random weights are used). To run it, allow access to huggingface.co "
+            "or put config.json + model.safetensors of a DA3 model in a folder and set DA3_MODEL to that folder "
+            "(e.g. DA3-SMALL, Apache-2.0)."
+        )
+        room = SAMPLES / "room_gt"
+        if not room.is_dir():
+            return 0
+        out = OUTPUTS / "demo_room_gt"
+        print(f"demo: instead, writing a dataset from the room sample's GROUND TRUTH (not network output) to {out}")
+        npz = oracle_npz(room, OUTPUTS / "room_gt_ground_truth.npz")
+        return process_data.main(["predictions", "--data", str(npz), "--output-dir", str(out)])
+    out = OUTPUTS / "demo_soh"
+    print(f"demo: da3-process-data images --data {photos} --output-dir {out} --model {MODEL}")
+    return process_data.main(["images", "--data", str(photos), "--output-dir", str(out), "--model", MODEL])
 
 
 if __name__ == "__main__":
