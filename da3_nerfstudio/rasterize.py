@@ -132,7 +132,11 @@ def project_gaussians(
 
     fx, fy = Ks[:, 0, 0, None], Ks[:, 1, 1, None]
     cx, cy = Ks[:, 0, 2, None], Ks[:, 1, 2, None]
-    x, y, z = means_c.unbind(-1)
+    x, y, z_true = means_c.unbind(-1)
+    # Culled Gaussians (outside the depth range, e.g. at the camera centre) are projected at a harmless
+    # depth: their values are never used, but an inf here would turn their zero gradients into NaN.
+    in_range = (z_true >= near_plane) & (z_true <= far_plane)
+    z = torch.where(in_range, z_true, torch.ones_like(z_true))
     # gsplat clamps the Jacobian's x/z, y/z to 1.3x the field of view to keep off-screen Gaussians sane.
     tan_fovx, tan_fovy = 0.5 * width / fx, 0.5 * height / fy
     lim_x_pos, lim_x_neg = (width - cx) / fx + 0.3 * tan_fovx, cx / fx + 0.3 * tan_fovx
@@ -163,8 +167,7 @@ def project_gaussians(
         mx, my = means2d[..., 0], means2d[..., 1]
         visible = (
             det_ok
-            & (z >= near_plane)
-            & (z <= far_plane)
+            & in_range
             & (radius > radius_clip)
             & (mx + radius > 0)
             & (mx - radius < width)
@@ -174,7 +177,7 @@ def project_gaussians(
         radii = torch.where(visible, radius, torch.zeros_like(radius)).to(torch.int32)
     return {
         "means2d": means2d,
-        "depths": z,
+        "depths": z_true,
         "conics": conics,
         "radii": radii,
         "compensations": compensations,

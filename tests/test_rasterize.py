@@ -215,6 +215,35 @@ def test_info_supports_densification_gradients() -> None:
     assert absgrad[0, visible].sum() > grad[0, visible].abs().sum()  # signs cancel across pixels
 
 
+def test_gaussians_at_or_behind_the_camera_get_zero_not_nan_gradients() -> None:
+    scene = _random_scene(20, seed=6)
+    scene["means"][0] = torch.tensor([0.0, 0.0, 0.0])  # exactly at the camera centre (z = 0)
+    scene["means"][1] = torch.tensor([0.1, 0.0, -2.0])  # behind the camera
+    viewmat, K = _camera()
+    params = {k: v.clone().requires_grad_(True) for k, v in scene.items()}
+    out, _, info = rasterization(
+        params["means"],
+        params["quats"],
+        params["scales"],
+        params["opacities"],
+        params["colors"],
+        viewmat,
+        K,
+        64,
+        48,
+        sh_degree=3,
+        render_mode="RGB+ED",
+        absgrad=True,
+    )
+    info["means2d"].retain_grad()
+    out.sum().backward()
+    assert info["radii"][0, 0] == 0 and info["radii"][0, 1] == 0
+    for name, param in params.items():
+        assert torch.isfinite(param.grad).all(), name
+        assert torch.all(param.grad[:2] == 0), name
+    assert torch.isfinite(info["means2d"].grad).all()
+
+
 def test_absgrad_request_is_harmless_without_autograd() -> None:
     """splatfacto passes absgrad=True when evaluating under no_grad as well."""
     scene = _random_scene(50, seed=5)
