@@ -29,6 +29,29 @@ def has_native_point_cloud_resize() -> bool:
     return "resize" in bpy.types.PointCloud.bl_rna.functions
 
 
+def node_material(name: str) -> bpy.types.Material:
+    """A new material with an empty node tree.
+
+    Older Blender creates materials without a tree until ``use_nodes`` is set; 5.x always has one and
+    deprecates the flag, so it is only touched when the tree is missing.
+    """
+    mat = bpy.data.materials.new(name)
+    if mat.node_tree is None:
+        mat.use_nodes = True
+    mat.node_tree.nodes.clear()
+    return mat
+
+
+def tagged_datablock(collection: bpy.types.bpy_prop_collection, tag: str, version: int) -> bpy.types.ID | None:
+    """The datablock an earlier import built as ``tag`` at ``version`` (names can gain .001 suffixes)."""
+    return next((d for d in collection if d.get("da3_tag") == tag and d.get("da3_version") == version), None)
+
+
+def tag_datablock(data: bpy.types.ID, tag: str, version: int) -> None:
+    """Mark a shared datablock so later imports reuse it while its layout version matches."""
+    data["da3_tag"], data["da3_version"] = tag, version
+
+
 def set_attribute(data: bpy.types.ID, name: str, kind: str, values: np.ndarray) -> bpy.types.Attribute:
     """Create (or reuse) a point-domain attribute and fill it with one memcpy-speed foreach_set."""
     key, dtype = _ATTRIBUTE_KEYS[kind]

@@ -11,7 +11,14 @@ from __future__ import annotations
 import bpy
 import numpy as np
 
-from .build_common import has_native_point_cloud_resize, set_attribute, srgb_to_linear
+from .build_common import (
+    has_native_point_cloud_resize,
+    node_material,
+    set_attribute,
+    srgb_to_linear,
+    tag_datablock,
+    tagged_datablock,
+)
 from .build_points import COLOR_ATTRIBUTE, new_point_object, set_active_color, set_modifier_input
 from .scene_data import SplatData
 
@@ -21,7 +28,7 @@ SPLAT_GROUP = "DA3 Splat Ellipsoids"
 SPLAT_MATERIAL = "DA3 Splat"
 MODIFIER_NAME = "DA3 Splats"
 MIN_OPACITY_INPUT = "Min Opacity"
-_GROUP_VERSION = 1
+_GROUP_VERSION = 2
 
 
 def activated(splats: SplatData) -> dict[str, np.ndarray]:
@@ -92,12 +99,12 @@ def _ellipsoids(name: str, splats: SplatData, act: dict, collection: bpy.types.C
 
 
 def splat_node_group() -> bpy.types.NodeTree:
-    """Geometry nodes: points -> ico-sphere instances rotated by ``rotation`` and scaled by k * ``scale``."""
-    group = bpy.data.node_groups.get(SPLAT_GROUP)
-    if group is not None and group.get("da3_version") == _GROUP_VERSION:
+    """Geometry nodes: vertices -> ico-sphere instances rotated by ``rotation`` and scaled by k * ``scale``."""
+    group = tagged_datablock(bpy.data.node_groups, SPLAT_GROUP, _GROUP_VERSION)
+    if group is not None:
         return group
     group = bpy.data.node_groups.new(SPLAT_GROUP, "GeometryNodeTree")
-    group["da3_version"] = _GROUP_VERSION
+    tag_datablock(group, SPLAT_GROUP, _GROUP_VERSION)
     iface = group.interface
     iface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
     min_opacity = iface.new_socket(MIN_OPACITY_INPUT, in_out="INPUT", socket_type="NodeSocketFloat")
@@ -107,8 +114,6 @@ def splat_node_group() -> bpy.types.NodeTree:
     nodes, link = group.nodes, group.links.new
     g_in, g_out = nodes.new("NodeGroupInput"), nodes.new("NodeGroupOutput")
     to_points = nodes.new("GeometryNodeMeshToPoints")
-    separate = nodes.new("GeometryNodeSeparateComponents")
-    join = nodes.new("GeometryNodeJoinGeometry")
     opacity = nodes.new("GeometryNodeInputNamedAttribute")
     opacity.data_type = "FLOAT"
     opacity.inputs["Name"].default_value = "opacity"
@@ -131,12 +136,9 @@ def splat_node_group() -> bpy.types.NodeTree:
     extent.inputs["Scale"].default_value = EXTENT_SIGMA
     instance = nodes.new("GeometryNodeInstanceOnPoints")
     link(g_in.outputs[0], to_points.inputs["Mesh"])
-    link(g_in.outputs[0], separate.inputs[0])
-    link(to_points.outputs[0], join.inputs[0])
-    link(separate.outputs["Point Cloud"], join.inputs[0])
     link(opacity.outputs["Attribute"], faint.inputs[0])
     link(g_in.outputs[MIN_OPACITY_INPUT], faint.inputs[1])
-    link(join.outputs[0], delete.inputs["Geometry"])
+    link(to_points.outputs[0], delete.inputs["Geometry"])
     link(faint.outputs[0], delete.inputs["Selection"])
     link(sphere.outputs["Mesh"], set_material.inputs["Geometry"])
     link(g_in.outputs["Material"], set_material.inputs["Material"])
@@ -155,19 +157,17 @@ def splat_material() -> bpy.types.Material:
     Per-splat values come from the instancer (the point the ellipsoid was instanced on); back faces
     are transparent so each splat is counted once.
     """
-    mat = bpy.data.materials.get(SPLAT_MATERIAL)
+    mat = tagged_datablock(bpy.data.materials, SPLAT_MATERIAL, 1)
     if mat is not None:
         return mat
-    mat = bpy.data.materials.new(SPLAT_MATERIAL)
-    if bpy.app.version < (5, 0, 0):
-        mat.use_nodes = True
+    mat = node_material(SPLAT_MATERIAL)
+    tag_datablock(mat, SPLAT_MATERIAL, 1)
     mat.use_backface_culling = True
     if "surface_render_method" in mat.bl_rna.properties:
         mat.surface_render_method = "DITHERED"
     else:
         mat.blend_method = "HASHED"
     tree = mat.node_tree
-    tree.nodes.clear()
     nodes, link = tree.nodes, tree.links.new
 
     def math(op: str, a: object, b: object = None) -> bpy.types.Node:

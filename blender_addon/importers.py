@@ -130,14 +130,20 @@ def backproject_camera(camera: bpy.types.Object, stride: int = 2) -> bpy.types.O
 
 
 def import_points(
-    scene: bpy.types.Scene, path: str | os.PathLike, *, z_up: bool = True, radius: float = 0.0
+    scene: bpy.types.Scene,
+    path: str | os.PathLike,
+    *,
+    z_up: bool = True,
+    radius: float = 0.0,
+    solid_colours: bool = True,
 ) -> ImportResult:
     """A point-cloud PLY; ``radius`` 0 picks one from the cloud's extent."""
     path = Path(path)
     points = read_point_cloud_ply(path)
     collection, root = new_import_root(scene, f"DA3 {path.stem}", z_up, str(path))
     radius = radius if radius > 0 else default_radius(points.positions)
-    return ImportResult(root, [create_point_cloud(path.stem, points, collection, root, radius)])
+    obj = create_point_cloud(path.stem, points, collection, root, radius, solid_colours=solid_colours)
+    return ImportResult(root, [obj])
 
 
 def import_splats(scene: bpy.types.Scene, path: str | os.PathLike, *, z_up: bool = True) -> ImportResult:

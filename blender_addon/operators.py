@@ -10,6 +10,7 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, St
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
 from . import importers
+from .build_points import has_point_colours, show_attribute_colours
 from .errors import InputError
 from .exporters import export_cameras
 from .process_job import ProcessJob, process_command, resolve_python
@@ -19,6 +20,11 @@ class _ImportOperator(bpy.types.Operator, ImportHelper):
     """Shared execute: run the import, report warnings, turn InputError into a one-line UI error."""
 
     bl_options = {"REGISTER", "UNDO", "PRESET"}
+    colour_view: BoolProperty(
+        name="Colour Solid View",
+        description="Switch the 3D viewport's Solid shading to Attribute colour when points with colours arrive",
+        default=True,
+    )
 
     def run(self, context: bpy.types.Context) -> importers.ImportResult:
         raise NotImplementedError
@@ -35,8 +41,14 @@ class _ImportOperator(bpy.types.Operator, ImportHelper):
             obj.select_set(False)
         result.root.select_set(True)
         context.view_layer.objects.active = result.root
+        _colour_solid_view(context, result.objects, self.colour_view)
         self.report({"INFO"}, f"Imported {len(result.objects)} object(s) under {result.root.name}")
         return {"FINISHED"}
+
+
+def _colour_solid_view(context: bpy.types.Context, objects: list[bpy.types.Object], enabled: bool) -> None:
+    if enabled and context.screen is not None and any(has_point_colours(o) for o in objects):
+        show_attribute_colours(context.screen)
 
 
 _Z_UP_DOC = "Rotate the OpenCV world (y down, z forward) to Blender's Z-up on the import's root empty"
@@ -122,9 +134,17 @@ class DA3_OT_import_points(_ImportOperator):
     filter_glob: StringProperty(default="*.ply", options={"HIDDEN"})
     z_up: BoolProperty(name="Z-Up", description=_Z_UP_DOC, default=True)
     radius: FloatProperty(name="Point Radius", description="0 picks one from the cloud size", default=0.0, min=0.0)
+    solid_colours: BoolProperty(
+        name="Solid Colours",
+        description="Points as small meshes so Solid view shows their colours (slower to update than point "
+        "primitives on millions of points; can be switched later in the DA3 panel)",
+        default=True,
+    )
 
     def run(self, context: bpy.types.Context) -> importers.ImportResult:
-        return importers.import_points(context.scene, self.filepath, z_up=self.z_up, radius=self.radius)
+        return importers.import_points(
+            context.scene, self.filepath, z_up=self.z_up, radius=self.radius, solid_colours=self.solid_colours
+        )
 
 
 class DA3_OT_import_splats(_ImportOperator):
@@ -158,11 +178,11 @@ class DA3_OT_backproject_depth(bpy.types.Operator):
     def execute(self, context: bpy.types.Context) -> set[str]:
         cameras = [o for o in context.selected_objects if o.get(importers.NPZ_KEY)]
         try:
-            for camera in cameras:
-                importers.backproject_camera(camera, self.stride)
+            points = [importers.backproject_camera(camera, self.stride) for camera in cameras]
         except InputError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
+        _colour_solid_view(context, points, True)
         self.report({"INFO"}, f"Back-projected {len(cameras)} depth map(s)")
         return {"FINISHED"}
 

@@ -58,6 +58,7 @@ class DA3_PT_sidebar(bpy.types.Panel):
                 mod = obj.modifiers[build_points.MODIFIER_NAME]
                 build_points.draw_modifier_input(box, mod, build_points.THRESHOLD_INPUT)
                 build_points.draw_modifier_input(box, mod, build_points.RADIUS_INPUT)
+                build_points.draw_modifier_input(box, mod, build_points.SOLID_COLOURS_INPUT)
             if build_splats.MODIFIER_NAME in obj.modifiers:
                 mod = obj.modifiers[build_splats.MODIFIER_NAME]
                 build_points.draw_modifier_input(box, mod, build_splats.MIN_OPACITY_INPUT)

@@ -25,9 +25,30 @@ def evaluated(obj: bpy.types.Object) -> bpy.types.Object:
 
 
 def only_object(kind: tuple[str, ...] = ("POINTCLOUD", "MESH")) -> bpy.types.Object:
-    objs = [o for o in bpy.data.objects if o.type in kind]
+    objs = [o for o in bpy.context.scene.objects if o.type in kind]
     assert len(objs) == 1
     return objs[0]
+
+
+def evaluated_attributes(obj: bpy.types.Object, kind: str, names: dict[str, tuple[str, int]]) -> dict[str, np.ndarray]:
+    """Attributes of the non-empty ``kind`` ('MESH' or 'POINTCLOUD') geometry the modifiers of ``obj`` output.
+
+    Geometry of another type than the carrier's appears as an instance of the evaluated object, so
+    those are searched too; values are copied out while the instance structs are valid. {} if none.
+    """
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    depsgraph.update()
+
+    def read(candidate: bpy.types.Object) -> dict[str, np.ndarray]:
+        if candidate.type != kind or not len(candidate.data.attributes["position"].data):
+            return {}
+        return {name: attribute(candidate.data, name, key, width) for name, (key, width) in names.items()}
+
+    found = read(obj.evaluated_get(depsgraph))
+    for inst in depsgraph.object_instances:
+        if not found and inst.is_instance and inst.parent is not None and inst.parent.original == obj:
+            found = read(inst.object)
+    return found
 
 
 def random_cloud(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -71,8 +92,10 @@ def test_points_from_project_writer_keep_colour_and_confidence(addon, tmp_path):
     write_point_cloud_ply(path, points, colors, conf)
     assert bpy.ops.da3.import_points(filepath=str(path), z_up=False) == {"FINISHED"}
     obj = only_object()
-    if bpy.app.version >= (4, 5, 0):
-        assert obj.type == "POINTCLOUD"
+    # A vertex-only mesh carrier, with Col as the colour Solid view and renders pick.
+    assert obj.type == "MESH" and len(obj.data.edges) == len(obj.data.polygons) == 0
+    assert obj.data.color_attributes.active_color.name == "Col"
+    assert obj.data.attributes.default_color_name == "Col"
     np.testing.assert_array_equal(attribute(obj.data, "position", "vector", 3), points)
     np.testing.assert_array_equal(attribute(obj.data, "conf", "value", 1), conf)
     # Blender's own linear -> sRGB conversion gives back the file's 8-bit colours.
@@ -83,26 +106,137 @@ def test_points_from_project_writer_keep_colour_and_confidence(addon, tmp_path):
 
 
 def test_confidence_threshold_and_radius_stay_adjustable(addon, tmp_path):
+    """Default output: one tetrahedron per confident point, its edge midpoints at the point radius."""
     points, colors, conf = random_cloud(2000, seed=1)
     path = tmp_path / "cloud.ply"
     write_point_cloud_ply(path, points, colors, conf)
-    bpy.ops.da3.import_points(filepath=str(path), radius=0.03)
+    bpy.ops.da3.import_points(filepath=str(path), radius=0.03, z_up=False)
     obj = only_object()
-    from da3_blender.build_points import MODIFIER_NAME, RADIUS_INPUT, THRESHOLD_INPUT, set_modifier_input
+    from da3_blender.build_points import (
+        MODIFIER_NAME,
+        RADIUS_INPUT,
+        SOLID_COLOURS_INPUT,
+        THRESHOLD_INPUT,
+        set_modifier_input,
+    )
 
+    def tetrahedra() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        mesh = evaluated_attributes(obj, "MESH", {"position": ("vector", 3), "conf": ("value", 1)})
+        corners = mesh["position"].reshape(-1, 4, 3)  # realised instances keep their 4 vertices together
+        return corners, corners.mean(axis=1), mesh["conf"].reshape(-1, 4)
+
+    corners, centres, tetra_conf = tetrahedra()
+    np.testing.assert_allclose(centres, points, atol=1e-5)  # all 2000, in file order
+    midpoints = 0.5 * (corners[:, 0] + corners[:, 1])
+    np.testing.assert_allclose(np.linalg.norm(midpoints - centres, axis=1), 0.03, rtol=1e-4)
+    np.testing.assert_array_equal(tetra_conf, np.repeat(conf[:, None], 4, axis=1))
     mod = obj.modifiers[MODIFIER_NAME]
-    ev = evaluated(obj)
-    assert ev.type == "POINTCLOUD" or len(ev.data.vertices) == 0
-    cloud = ev.data
-    assert len(cloud.points) == 2000
-    np.testing.assert_allclose(attribute(cloud, "radius", "value", 1), 0.03, rtol=1e-6)
     set_modifier_input(mod, THRESHOLD_INPUT, 3.0)
     set_modifier_input(mod, RADIUS_INPUT, 0.01)
     obj.update_tag()
-    cloud = evaluated(obj).data
-    assert len(cloud.points) == int((conf >= 3.0).sum())
-    assert attribute(cloud, "conf", "value", 1).min() >= 3.0
-    np.testing.assert_allclose(attribute(cloud, "radius", "value", 1), 0.01, rtol=1e-6)
+    corners, centres, tetra_conf = tetrahedra()
+    np.testing.assert_allclose(centres, points[conf >= 3.0], atol=1e-5)
+    assert tetra_conf.min() >= 3.0
+    midpoints = 0.5 * (corners[:, 2] + corners[:, 3])
+    np.testing.assert_allclose(np.linalg.norm(midpoints - centres, axis=1), 0.01, rtol=1e-4)
+    # Solid Colours off: plain point primitives with the radius attribute, same filter.
+    set_modifier_input(mod, SOLID_COLOURS_INPUT, False)
+    obj.update_tag()
+    cloud = evaluated_attributes(obj, "POINTCLOUD", {"position": ("vector", 3), "radius": ("value", 1)})
+    np.testing.assert_allclose(cloud["position"], points[conf >= 3.0], atol=1e-6)
+    np.testing.assert_allclose(cloud["radius"], 0.01, rtol=1e-6)
+    assert not evaluated_attributes(obj, "MESH", {"position": ("vector", 3)})
+
+
+def test_point_shape_is_an_outward_tetrahedron(addon, tmp_path):
+    """Outward normals keep Solid view's studio lighting right; edge midpoints on the unit sphere."""
+    points, colors, conf = random_cloud(10)
+    write_point_cloud_ply(tmp_path / "c.ply", points, colors, conf)
+    bpy.ops.da3.import_points(filepath=str(tmp_path / "c.ply"))
+    shape = next(o for o in bpy.data.objects if o.get("da3_tag") == "DA3 Point Shape").data
+    vertices = np.array([v.co for v in shape.vertices])
+    np.testing.assert_allclose(vertices.mean(axis=0), 0.0, atol=1e-7)
+    for poly in shape.polygons:
+        assert np.dot(np.array(poly.normal), np.array(poly.center)) > 0
+    edges = {tuple(sorted(e.vertices)) for e in shape.edges}
+    assert len(edges) == 6
+    for a, b in edges:
+        assert np.linalg.norm(0.5 * (vertices[a] + vertices[b])) == pytest.approx(1.0, abs=1e-6)
+    assert shape.attributes.active_color_name == "Col" and "Col" not in shape.attributes
+
+
+def _workbench_render(tmp_path, name: str) -> np.ndarray:
+    """64x64 Workbench (Solid view's engine) render, Attribute colouring, default studio lighting."""
+    scene = bpy.context.scene
+    scene.render.engine = "BLENDER_WORKBENCH"
+    scene.display.shading.color_type = "VERTEX"
+    scene.view_settings.view_transform = "Standard"
+    scene.render.resolution_x = scene.render.resolution_y = 64
+    scene.render.resolution_percentage = 100
+    scene.render.image_settings.file_format = "PNG"
+    scene.render.filepath = str(tmp_path / name)
+    bpy.ops.render.render(write_still=True)
+    image = bpy.data.images.load(scene.render.filepath)
+    out = np.empty(64 * 64 * 4, np.float32)
+    image.pixels.foreach_get(out)
+    return out.reshape(64, 64, 4)[::-1, :, :3]  # top row first
+
+
+def _red_green_scene(tmp_path, **import_args) -> bpy.types.Object:
+    """A camera 3 units in front of a 1.6 x 1.6 grid of points: red for x < 0, green for x > 0."""
+    grid = np.stack(np.meshgrid(np.linspace(-0.8, 0.8, 60), np.linspace(-0.8, 0.8, 60)), -1).reshape(-1, 2)
+    points = np.column_stack([grid, np.zeros(len(grid))]).astype(np.float32)
+    colors = np.where(points[:, :1] < 0, [255, 0, 0], [0, 255, 0]).astype(np.uint8)
+    write_point_cloud_ply(tmp_path / "rg.ply", points, colors)
+    assert bpy.ops.da3.import_points(filepath=str(tmp_path / "rg.ply"), z_up=False, radius=0.02, **import_args) == {
+        "FINISHED"
+    }
+    camera = bpy.data.objects.new("cam", bpy.data.cameras.new("cam"))
+    bpy.context.scene.collection.objects.link(camera)
+    camera.location = (0.0, 0.0, 3.0)  # Blender cameras look down -z
+    bpy.context.scene.camera = camera
+    return only_object(("MESH",))
+
+
+def test_point_colours_show_in_solid_view_render(addon, tmp_path):
+    """Workbench draws the imported colours: red on the left, green on the right, before and after reload."""
+    _red_green_scene(tmp_path)
+    for attempt in ("imported", "reloaded"):
+        rgb = _workbench_render(tmp_path, f"{attempt}.png")
+        left, right = rgb[22:42, 14:26].mean(axis=(0, 1)), rgb[22:42, 38:50].mean(axis=(0, 1))
+        assert left[0] > 0.3 and left[0] > 4 * max(left[1], left[2]), (attempt, left)
+        assert right[1] > 0.3 and right[1] > 4 * max(right[0], right[2]), (attempt, right)
+        # Saved and reopened, the shape's colour names and the node group still resolve.
+        bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "scene.blend"))
+        bpy.ops.wm.open_mainfile(filepath=str(tmp_path / "scene.blend"))
+
+
+def test_point_primitives_stay_uncoloured_in_solid_view(addon, tmp_path):
+    """Why Solid Colours exists: Workbench ignores the colour of point-cloud geometry."""
+    _red_green_scene(tmp_path, solid_colours=False)
+    rgb = _workbench_render(tmp_path, "points.png")
+    left = rgb[22:42, 14:26].mean(axis=(0, 1))
+    assert left.max() > 0.3, "the points are drawn"
+    np.testing.assert_allclose(left, left.mean(), atol=0.02)  # grey/white, not red
+
+
+@pytest.mark.parametrize("colour_view", [True, False])
+def test_import_switches_solid_view_to_attribute_colour(addon, tmp_path, colour_view):
+    views = [a.spaces.active for a in bpy.context.screen.areas if a.type == "VIEW_3D"]
+    assert views and all(v.shading.color_type == "MATERIAL" for v in views)
+    _red_green_scene(tmp_path, colour_view=colour_view)
+    assert all(v.shading.color_type == ("VERTEX" if colour_view else "MATERIAL") for v in views)
+
+
+def test_points_without_colours_keep_point_primitives(addon, tmp_path):
+    points, _, _ = random_cloud(50, seed=7)
+    vertex = np.array([tuple(p) for p in points], dtype=[("x", "f4"), ("y", "f4"), ("z", "f4")])
+    plyfile.PlyData([plyfile.PlyElement.describe(vertex, "vertex")]).write(str(tmp_path / "plain.ply"))
+    bpy.ops.da3.import_points(filepath=str(tmp_path / "plain.ply"))
+    views = [a.spaces.active for a in bpy.context.screen.areas if a.type == "VIEW_3D"]
+    assert all(v.shading.color_type == "MATERIAL" for v in views)  # no colours: Solid view left alone
+    cloud = evaluated_attributes(only_object(), "POINTCLOUD", {"position": ("vector", 3)})
+    np.testing.assert_allclose(cloud["position"], points, atol=1e-6)
 
 
 def test_ascii_ply_float_colours_and_no_confidence(addon, tmp_path):
@@ -168,7 +302,7 @@ def test_bad_point_plys_give_one_line_errors(addon, tmp_path, content, message):
     with pytest.raises(RuntimeError, match=message) as info:
         bpy.ops.da3.import_points(filepath=str(path))
     assert str(path) in str(info.value)
-    assert not [o for o in bpy.data.objects if o.type in ("POINTCLOUD", "MESH")]
+    assert not [o for o in bpy.context.scene.objects if o.type in ("POINTCLOUD", "MESH")]
 
 
 def random_splats(n: int, sh_rest: int, seed: int = 0) -> SplatData:
