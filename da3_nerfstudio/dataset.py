@@ -315,13 +315,15 @@ def _depth_maps(pred: Prediction, index: int, view: _View) -> tuple[np.ndarray, 
 
 
 def voxel_downsample(
-    points: np.ndarray, target: int, priority: np.ndarray | None = None, max_iterations: int = 24
+    points: np.ndarray, target: int, priority: np.ndarray | None = None, max_iterations: int = 40
 ) -> tuple[np.ndarray, float]:
     """Indices of at most ``target`` points, one per occupied voxel, and the voxel size used.
 
-    The voxel size is bisected (in log scale) until the occupied voxels number between 90 % and 100 %
-    of ``target``; each voxel keeps its highest-``priority`` point (an actual sample, not an average,
-    so every kept point still lies on the pixel ray it came from). All points fit: size 0.
+    The voxel size is searched until the occupied voxels number between 90 % and 100 % of
+    ``target``: a secant step on log(count) against log(size) (counts follow a power law of the size),
+    kept inside a shrinking bracket with bisection as the fallback, so a few passes over the points
+    suffice. Each voxel keeps its highest-``priority`` point (an actual sample, not an average, so a
+    kept point still lies on the pixel ray it came from). When all points fit, the size is 0.
     """
     n = len(points)
     if n <= target:
@@ -333,24 +335,37 @@ def voxel_downsample(
     if extent == 0:
         return order[:1], 0.0
 
-    def occupied(size: float) -> np.ndarray:
+    def voxel_keys(size: float) -> np.ndarray:
         cells = np.floor((pts - low) / size).astype(np.int64)
         dims = cells.max(axis=0) + 1
-        keys = (cells[:, 0] * dims[1] + cells[:, 1]) * dims[2] + cells[:, 2]
-        return np.unique(keys, return_index=True)[1]
+        return (cells[:, 0] * dims[1] + cells[:, 1]) * dims[2] + cells[:, 2]
 
-    lo, hi = math.log(extent * _MIN_VOXEL_FRACTION), math.log(extent)
-    best, best_size = occupied(extent), extent
+    goal = math.log(0.5 * (1 + _POINT_COUNT_TOLERANCE) * target)
+    lo, hi = math.log(extent * _MIN_VOXEL_FRACTION), math.log(extent)  # too many points at lo, few at hi
+    count_lo = count_hi = None
+    x = math.log(extent / math.sqrt(target))  # a surface fills about (extent / size)^2 voxels
+    last_side = ""
     for _ in range(max_iterations):
-        mid = 0.5 * (lo + hi)
-        first = occupied(math.exp(mid))
-        if len(first) > target:
-            lo = mid
+        occupied = len(np.unique(voxel_keys(math.exp(x))))
+        count = math.log(occupied)
+        if occupied > target:
+            lo, count_lo, side = x, count, "lo"
         else:
-            hi, best, best_size = mid, first, math.exp(mid)
-            if len(first) >= _POINT_COUNT_TOLERANCE * target:
+            hi, count_hi, side = x, count, "hi"
+            if occupied >= _POINT_COUNT_TOLERANCE * target:
                 break
-    return np.sort(order[best]), best_size
+        if count_lo is not None and count_hi is not None and side != last_side and count_lo != count_hi:
+            x = lo + (count_lo - goal) * (hi - lo) / (count_lo - count_hi)
+        elif count_lo is None or count_hi is None:
+            x = x + 0.5 * (count - goal)  # power-law step with the surface exponent 2
+        else:
+            x = 0.5 * (lo + hi)  # the same side twice: bisect so the bracket keeps shrinking
+        if not lo < x < hi:
+            x = 0.5 * (lo + hi)
+        last_side = side
+    size = math.exp(hi)  # the finest size known to give at most `target` voxels
+    first = np.unique(voxel_keys(size), return_index=True)[1][:target]
+    return np.sort(order[first]), size
 
 
 def _sparse_points(
@@ -493,6 +508,8 @@ def _check_prediction(pred: Prediction) -> None:
         raise InputError("the prediction has no views")
     if not np.isfinite(pred.extrinsics).all() or not np.isfinite(pred.intrinsics).all():
         raise InputError("the prediction has non-finite camera parameters")
+    if np.any(pred.intrinsics[:, 0, 0] <= 0) or np.any(pred.intrinsics[:, 1, 1] <= 0):
+        raise InputError("the prediction has no cameras (focal lengths must be positive): was it a depth-only model?")
 
 
 def write_dataset(

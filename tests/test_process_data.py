@@ -323,6 +323,13 @@ def test_bad_options_and_npz(capsys: pytest.CaptureFixture[str], gt: dict, check
     assert not out.exists() and leftovers(tmp_path) == []
 
 
+def test_depth_only_model_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    metric = write_checkpoint(tmp_path / "metric", "custom:small-metric")
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "images", "--data", SOH, "--output-dir", out, "--model", metric, *FAST)
+    assert code == 1 and "predicts depth only, without cameras" in err and not out.exists()
+
+
 def test_console_script_reports_missing_weights_in_one_line(tmp_path: Path) -> None:
     script = Path(sys.executable).parent / "da3-process-data"
     out = tmp_path / "out"

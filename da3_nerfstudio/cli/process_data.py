@@ -184,6 +184,11 @@ class _Network(_Common):
         timings["load model"] = time.perf_counter() - start
         model = predictor.model
         console.print(f"model {model.name} on {predictor.device} - licence: {model.preset.licence}")
+        if not model.anyview:
+            raise InputError(
+                f"{self.model}: {model.name} predicts depth only, without cameras; use a multi-view model "
+                "such as DA3NESTED-GIANT-LARGE-1.1, DA3-LARGE-1.1 or DA3-SMALL"
+            )
         start = time.perf_counter()
         with _Reporter() as report:
             prediction = predictor.predict(
