@@ -180,12 +180,14 @@ def natural_sorted(paths: Sequence[Path]) -> list[Path]:
 def image_header(path: Path) -> tuple[int, int, bool]:
     """Upright (width, height) of an image file and whether its bytes can be copied as they are.
 
-    Reads the header only, so a folder of photos can be checked before any long computation.
+    Reads the header only, so a folder of photos can be checked before any long computation. (PIL
+    finds a PNG eXIf chunk placed after the pixels only by decoding them all; cameras write it first.)
     """
     try:
         with Image.open(path) as im:
             width, height = im.size
-            orientation = im.getexif().get(0x0112, 1)
+            exif = im.getexif() if im.format != "PNG" or "exif" in im.info else {}
+            orientation = exif.get(0x0112, 1)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:

@@ -272,6 +272,20 @@ def test_large_images_get_the_downscaled_folders_nerfstudio_uses(gt: dict, tmp_p
     assert (out / "images" / "frame_00001.jpg").read_bytes() == paths[0].read_bytes()  # copied, not re-encoded
 
 
+def test_exif_rotated_photos_are_written_upright(gt: dict, tmp_path: Path) -> None:
+    """A photo stored sideways with EXIF orientation 6 (display rotated 90 degrees clockwise)."""
+    photo = tmp_path / "sideways.png"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.rot90(gt["images"][0])).save(photo, exif=exif.tobytes())
+    write_dataset(room_prediction(gt, [0]), tmp_path / "out", image_paths=[photo], options=SMALL)
+    with Image.open(tmp_path / "out" / "images" / "frame_00001.png") as im:
+        assert "exif" not in im.info
+        np.testing.assert_array_equal(np.asarray(im), gt["images"][0])
+    frame = json.loads((tmp_path / "out" / "transforms.json").read_text())["frames"][0]
+    assert (frame["w"], frame["h"], frame["fl_x"], frame["cx"]) == (434, 350, gt["K"][0, 0, 0], gt["K"][0, 0, 2])
+
+
 def test_cropped_view_depth_is_placed_on_the_full_image(gt: dict, tmp_path: Path) -> None:
     """A view the network saw centre-cropped (mixed input sizes): depth is resampled onto the full image."""
     pad = 20
