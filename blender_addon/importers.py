@@ -16,7 +16,7 @@ from .colmap import read_colmap_model
 from .errors import InputError
 from .nerfstudio_json import read_nerfstudio_json
 from .ply import read_point_cloud_ply, read_splat_ply
-from .predictions import backproject, prediction_cameras, read_predictions
+from .predictions import backproject, prediction_cameras, prediction_splats, read_predictions
 from .scene_data import ImportedScene
 
 NPZ_KEY, VIEW_KEY = "da3_npz", "da3_view"
@@ -96,8 +96,13 @@ def import_predictions(
     load_images: bool = True,
     depth_points: bool = False,
     stride: int = 2,
+    splats: bool = True,
 ) -> ImportResult:
-    """Cameras of a predictions npz; each camera remembers the file and view for on-demand depth."""
+    """Cameras of a predictions npz; each camera remembers the file and view for on-demand depth.
+
+    With ``splats``, Gaussians the file holds (the DA3 Gaussian head's output) become one splat object,
+    built exactly as a 3DGS PLY import would build it.
+    """
     path = Path(path)
     pred = read_predictions(path)
     data = ImportedScene(cameras=prediction_cameras(pred))
@@ -109,6 +114,13 @@ def import_predictions(
     if depth_points:
         for obj in list(result.objects[: len(data.cameras)]):
             result.objects.append(backproject_camera(obj, stride))
+    gaussians = prediction_splats(pred) if splats else None
+    if gaussians is not None:
+        collection = result.root.users_collection[0]
+        result.objects.append(create_splats(f"{path.stem} splats", gaussians, collection, result.root))
+        _allow_overlapping_transparency(scene)
+    elif splats and pred.gaussians is not None:
+        result.warnings.append(f"{path}: no Gaussian has finite values; none imported")
     return result
 
 
@@ -152,8 +164,12 @@ def import_splats(scene: bpy.types.Scene, path: str | os.PathLike, *, z_up: bool
     splats = read_splat_ply(path)
     collection, root = new_import_root(scene, f"DA3 {path.stem}", z_up, str(path))
     obj = create_splats(path.stem, splats, collection, root)
-    # Overlapping transparent ellipsoids need more transparent bounces than Cycles' default 8.
+    _allow_overlapping_transparency(scene)
+    return ImportResult(root, [obj])
+
+
+def _allow_overlapping_transparency(scene: bpy.types.Scene) -> None:
+    """Overlapping transparent ellipsoids need more transparent bounces than Cycles' default 8."""
     cycles = getattr(scene, "cycles", None)
     if cycles is not None and cycles.transparent_max_bounces < 64:
         cycles.transparent_max_bounces = 64
-    return ImportResult(root, [obj])

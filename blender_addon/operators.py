@@ -101,7 +101,7 @@ class DA3_OT_import_colmap(_ImportOperator):
 
 
 class DA3_OT_import_predictions(_ImportOperator):
-    """Import the cameras, images and (optionally) depth points of a DA3 predictions npz"""
+    """Import the cameras, images, Gaussians and (optionally) depth points of a DA3 predictions npz"""
 
     bl_idname = "da3.import_predictions"
     bl_label = "Import DA3 Predictions"
@@ -112,6 +112,9 @@ class DA3_OT_import_predictions(_ImportOperator):
     load_images: BoolProperty(name="Image Backgrounds", default=True)
     depth_points: BoolProperty(name="Depth Points", description="Back-project every depth map now", default=False)
     stride: IntProperty(name="Pixel Stride", default=2, min=1, max=64)
+    splats: BoolProperty(
+        name="Gaussians", description="Import the Gaussians the file holds (DA3 Gaussian head) as splats", default=True
+    )
 
     def run(self, context: bpy.types.Context) -> importers.ImportResult:
         return importers.import_predictions(
@@ -122,6 +125,7 @@ class DA3_OT_import_predictions(_ImportOperator):
             load_images=self.load_images,
             depth_points=self.depth_points,
             stride=self.stride,
+            splats=self.splats,
         )
 
 

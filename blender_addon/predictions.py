@@ -2,7 +2,10 @@
 
 Keys: ``depth`` (N,H,W) z-depth, ``conf`` (N,H,W), ``extrinsics`` (N,3,4) OpenCV world-to-camera,
 ``intrinsics`` (N,3,3) in pixels of the depth map with pixel centres at +0.5, and optionally
-``image``/``images`` (N,H,W,3) uint8, ``names`` (N,) image names and ``sky`` (N,H,W) bool.
+``image``/``images`` (N,H,W,3) uint8, ``names`` (N,) image names, ``sky`` (N,H,W) bool and the
+Gaussian head's world-space output ``gaussians_means`` (M,3), ``gaussians_scales`` (M,3) standard
+deviations, ``gaussians_rotations`` (M,4) w x y z, ``gaussians_harmonics`` (M,3,K) SH per colour channel,
+``gaussians_opacities`` (M,) in (0, 1) and ``gaussians_views`` (M,).
 """
 
 from __future__ import annotations
@@ -15,7 +18,15 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .scene_data import CameraView, PointData, c2w_from_opencv_w2c
+from .scene_data import CameraView, PointData, SplatData, c2w_from_opencv_w2c
+
+GAUSSIAN_PREFIX = "gaussians_"
+# (key, trailing shape); -1 is the SH coefficient count K = (degree + 1)^2.
+_GAUSSIAN_SHAPES = {"means": (3,), "scales": (3,), "rotations": (4,), "harmonics": (3, -1), "opacities": ()}
+_SH_COUNTS = (1, 4, 9, 16)
+# Activated -> raw INRIA values: keep log() and logit() finite at degenerate scales and opacities.
+_MIN_SCALE = 1e-12
+_OPACITY_EPS = 1e-6
 
 
 @dataclass
@@ -30,6 +41,7 @@ class Predictions:
     images: np.ndarray | None
     names: list[str]
     sky: np.ndarray | None = None
+    gaussians: dict[str, np.ndarray] | None = None
 
 
 def read_predictions(path: str | os.PathLike) -> Predictions:
@@ -68,7 +80,65 @@ def read_predictions(path: str | os.PathLike) -> Predictions:
         names = [Path(str(s)).stem for s in arrays["names"]]
     sky = arrays.get("sky")
     sky = np.asarray(sky, dtype=bool) if sky is not None and sky.shape == depth.shape else None
-    return Predictions(path, depth, conf, extrinsics, intrinsics, images, names, sky)
+    gaussians = _read_gaussians(path, arrays)
+    return Predictions(path, depth, conf, extrinsics, intrinsics, images, names, sky, gaussians)
+
+
+def _read_gaussians(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    """The ``gaussians_*`` arrays, shapes checked; None when the file holds no Gaussians."""
+    present = {k[len(GAUSSIAN_PREFIX) :] for k in arrays if k.startswith(GAUSSIAN_PREFIX)}
+    if not present:
+        return None
+    missing = [GAUSSIAN_PREFIX + k for k in _GAUSSIAN_SHAPES if k not in present]
+    if missing:
+        raise InputError(f"{path}: Gaussians are incomplete, missing keys {missing}")
+    try:
+        gaussians = {k: np.asarray(arrays[GAUSSIAN_PREFIX + k], dtype=np.float64) for k in _GAUSSIAN_SHAPES}
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{path}: Gaussian arrays are not numeric ({exc})") from exc
+    if gaussians["opacities"].ndim == 2 and gaussians["opacities"].shape[1] == 1:
+        gaussians["opacities"] = gaussians["opacities"][:, 0]
+    m = gaussians["means"].shape[0] if gaussians["means"].ndim else 0
+    for key, tail in _GAUSSIAN_SHAPES.items():
+        shape = gaussians[key].shape
+        if (
+            shape[:1] != (m,)
+            or len(shape) != 1 + len(tail)
+            or any(t not in (-1, d) for t, d in zip(tail, shape[1:], strict=True))
+        ):
+            expected = ", ".join(["M", *("K" if t < 0 else str(t) for t in tail)])
+            raise InputError(f"{path}: '{GAUSSIAN_PREFIX}{key}' must be ({expected}) with M = {m}, got {shape}")
+    if gaussians["harmonics"].shape[2] not in _SH_COUNTS:
+        raise InputError(
+            f"{path}: '{GAUSSIAN_PREFIX}harmonics' has {gaussians['harmonics'].shape[2]} SH coefficients "
+            f"per channel, expected one of {_SH_COUNTS} (degree 0-3)"
+        )
+    return gaussians
+
+
+def prediction_splats(pred: Predictions) -> SplatData | None:
+    """The file's Gaussians as raw INRIA 3DGS values, the form the splat builder takes from PLY files.
+
+    scale -> log(scale), opacity -> logit(opacity), harmonics (M, 3, K) -> DC (M, 3) and rest (M, K-1, 3).
+    Gaussians with any non-finite value are dropped; None when the file holds none.
+    """
+    g = pred.gaussians
+    if g is None:
+        return None
+    n = len(g["means"])
+    finite = np.isfinite(np.concatenate([g[k].reshape(n, -1) for k in _GAUSSIAN_SHAPES], axis=1)).all(axis=1)
+    if not finite.any():
+        return None
+    g = {k: g[k][finite] for k in _GAUSSIAN_SHAPES}
+    opacity = np.clip(g["opacities"], _OPACITY_EPS, 1.0 - _OPACITY_EPS)
+    return SplatData(
+        means=g["means"].astype(np.float32),
+        scales_log=np.log(np.maximum(g["scales"], _MIN_SCALE)).astype(np.float32),
+        rotations=g["rotations"].astype(np.float32),
+        opacity_logit=(np.log(opacity) - np.log1p(-opacity)).astype(np.float32),
+        sh_dc=g["harmonics"][:, :, 0].astype(np.float32),
+        sh_rest=g["harmonics"][:, :, 1:].transpose(0, 2, 1).astype(np.float32),
+    )
 
 
 def prediction_cameras(pred: Predictions) -> list[CameraView]:

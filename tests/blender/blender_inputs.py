@@ -96,11 +96,13 @@ def write_predictions(
     conf: np.ndarray | None = None,
     names: list[str] | None = None,
     official: bool = False,
+    gaussians: dict[str, np.ndarray] | None = None,
 ) -> Path:
     """A predictions npz: by the project's ``Prediction.save``, or the official mini_npz keys only.
 
-    Without torch (the Blender 5.x environment) the project's layout is written with ``np.savez``;
-    the main environment's run checks the add-on against the real writer.
+    Without torch (the Blender 5.x environment) the project's layout is written with ``np.savez``
+    (``gaussians`` as ``gaussians_<key>``); the main environment's run checks the add-on against the
+    real writer.
     """
     depth = depth.astype(np.float32)
     conf = (np.ones_like(depth) if conf is None else conf).astype(np.float32)
@@ -113,7 +115,8 @@ def write_predictions(
         images = np.zeros((*depth.shape, 3), np.uint8)
     arrays = {"depth": depth, "extrinsics": w2c[:, :3, :4].astype(np.float32), "intrinsics": ks.astype(np.float32)}
     if Prediction is None:
-        np.savez(path, **arrays, image=images, conf=conf, **({"names": np.array(names)} if names else {}))
+        extra = {f"gaussians_{k}": v for k, v in (gaussians or {}).items()}
+        np.savez(path, **arrays, image=images, conf=conf, **({"names": np.array(names)} if names else {}), **extra)
     else:
-        Prediction(**arrays, images=images, conf=conf, names=names or []).save(path)
+        Prediction(**arrays, images=images, conf=conf, names=names or [], gaussians=gaussians).save(path)
     return path
