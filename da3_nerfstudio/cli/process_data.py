@@ -23,7 +23,7 @@ import numpy as np
 import tyro
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from da3_nerfstudio.dataset import (
@@ -58,10 +58,8 @@ class _Reporter:
     """Rich progress bars on a terminal, plain ``stage: done/total`` lines otherwise (parsable)."""
 
     def __init__(self) -> None:
-        self._bars = Progress(
-            TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=console, disable=not console.is_terminal,
-        )  # fmt: skip
+        columns = (SpinnerColumn(), TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn())
+        self._bars = Progress(*columns, TimeElapsedColumn(), console=console, disable=not console.is_terminal)
         self._tasks: dict[str, int] = {}
         self._printed: dict[str, float] = {}
 
