@@ -1,4 +1,4 @@
-"""Shared Blender-side helpers: the per-import root, bulk attribute writes, version switches."""
+"""Shared Blender-side helpers: the per-import root, bulk attribute writes, feature switches."""
 
 from __future__ import annotations
 
@@ -25,8 +25,12 @@ _ATTRIBUTE_KEYS = {
 
 
 def has_native_point_cloud_resize() -> bool:
-    """Blender 5.3+ can size a PointCloud datablock from Python (and has native Gaussian splats)."""
-    return "resize" in bpy.types.PointCloud.bl_rna.functions
+    """Whether a PointCloud can be sized from Python, which arrived with native Gaussian splats (5.3).
+
+    Checked by feature, not version number, like every switch in the add-on.
+    """
+    point_cloud = getattr(bpy.types, "PointCloud", None)
+    return point_cloud is not None and "resize" in point_cloud.bl_rna.functions
 
 
 def node_material(name: str) -> bpy.types.Material:

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from blender_inputs import k_matrix, random_cameras, write_predictions
 
-NATIVE = bpy.app.version >= (5, 3, 0)
+# Native Gaussian splats came with PointCloud.resize (Blender 5.3); the add-on switches on that feature.
+NATIVE = "resize" in bpy.types.PointCloud.bl_rna.functions
 
 
 def attribute(data: bpy.types.ID, name: str, key: str, width: int) -> np.ndarray:
