@@ -553,8 +553,8 @@ def write_dataset(
 
     try:
         stage.mkdir()
-        for folder in ("images", "depths", "confidence", "da3", *(f"images_{f}" for f in factors),
-                       *(f"depths_{f}" for f in factors)):  # fmt: skip
+        folders = ["images", "depths", "da3", *(f"images_{f}" for f in factors), *(f"depths_{f}" for f in factors)]
+        for folder in folders + (["confidence"] if prediction.conf is not None else []):
             (stage / folder).mkdir(parents=True, exist_ok=True)
 
         with _timed(timings, "images"), ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
