@@ -20,10 +20,9 @@ import torch
 from da3_nerfstudio.errors import InputError
 from da3_nerfstudio.geometry import align_cameras_sim3, apply_sim3_to_w2c, to_homogeneous
 from da3_nerfstudio.model import DA3Model
-from da3_nerfstudio.model.camera import matrix_to_quat_xyzw, quat_xyzw_to_matrix
-from da3_nerfstudio.model.gaussians import rotate_sh
 from da3_nerfstudio.prediction import GAUSSIAN_KEYS, Prediction
 from da3_nerfstudio.preprocess import ImageSource, PreprocessedImages, preprocess_images, processed_size
+from da3_nerfstudio.rotation import matrix_to_quat_wxyz, quat_wxyz_to_matrix, rotate_sh
 
 logger = logging.getLogger(__name__)
 
@@ -394,7 +393,6 @@ def _transform_gaussians(chunk: dict, s: float, R: np.ndarray, t: np.ndarray) ->
     chunk["gs_scales"] = (chunk["gs_scales"] * s).astype(np.float32)
     Rt = torch.from_numpy(np.asarray(R, dtype=np.float64))
     wxyz = torch.from_numpy(chunk["gs_rotations"].astype(np.float64))
-    mats = Rt @ quat_xyzw_to_matrix(wxyz[:, [1, 2, 3, 0]])
-    chunk["gs_rotations"] = matrix_to_quat_xyzw(mats)[:, [3, 0, 1, 2]].numpy().astype(np.float32)
+    chunk["gs_rotations"] = matrix_to_quat_wxyz(Rt @ quat_wxyz_to_matrix(wxyz)).numpy().astype(np.float32)
     sh = torch.from_numpy(chunk["gs_harmonics"].astype(np.float64))
     chunk["gs_harmonics"] = rotate_sh(sh, Rt).numpy().astype(np.float32)

@@ -21,19 +21,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-# Real spherical-harmonics constants (the basis used by 3DGS, gsplat and nerfstudio).
-SH_C0 = 0.28209479177387814
-SH_C1 = 0.4886025119029199
-SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
-SH_C3 = (
-    -0.5900435899266435,
-    2.890611442640554,
-    -0.4570457994644658,
-    0.3731763325901154,
-    -0.4570457994644658,
-    1.445305721320277,
-    -0.5900435899266435,
-)
+from da3_nerfstudio.rotation import quat_wxyz_to_matrix, sh_basis
 
 # Compositing constants of gsplat's CUDA kernels (rasterize_to_pixels_fwd.cu).
 ALPHA_MAX = 0.999
@@ -41,36 +29,6 @@ ALPHA_MIN = 1.0 / 255.0
 TRANSMITTANCE_MIN = 1e-4
 
 RenderMode = Literal["RGB", "D", "ED", "RGB+D", "RGB+ED"]
-
-
-def sh_basis(degree: int, dirs: Tensor) -> Tensor:
-    """Real SH basis up to ``degree`` (<= 3) at unit directions ``dirs`` (..., 3) -> (..., (degree+1)^2)."""
-    if not 0 <= degree <= 3:
-        raise ValueError(f"SH degree must be in 0..3, got {degree}")
-    x, y, z = dirs.unbind(-1)
-    out = [torch.full_like(x, SH_C0)]
-    if degree >= 1:
-        out += [-SH_C1 * y, SH_C1 * z, -SH_C1 * x]
-    if degree >= 2:
-        xx, yy, zz = x * x, y * y, z * z
-        out += [
-            SH_C2[0] * x * y,
-            SH_C2[1] * y * z,
-            SH_C2[2] * (2.0 * zz - xx - yy),
-            SH_C2[3] * x * z,
-            SH_C2[4] * (xx - yy),
-        ]
-    if degree >= 3:
-        out += [
-            SH_C3[0] * y * (3.0 * xx - yy),
-            SH_C3[1] * x * y * z,
-            SH_C3[2] * y * (4.0 * zz - xx - yy),
-            SH_C3[3] * z * (2.0 * zz - 3.0 * xx - 3.0 * yy),
-            SH_C3[4] * x * (4.0 * zz - xx - yy),
-            SH_C3[5] * z * (xx - yy),
-            SH_C3[6] * x * (xx - 3.0 * yy),
-        ]
-    return torch.stack(out, dim=-1)
 
 
 def eval_sh(degree: int, dirs: Tensor, coeffs: Tensor) -> Tensor:
@@ -83,23 +41,6 @@ def eval_sh(degree: int, dirs: Tensor, coeffs: Tensor) -> Tensor:
         raise ValueError(f"SH degree {degree} needs {n_coeffs} coefficients, got {coeffs.shape[-2]}")
     basis = sh_basis(degree, torch.nn.functional.normalize(dirs, dim=-1))
     return (basis.unsqueeze(-1) * coeffs[..., :n_coeffs, :]).sum(dim=-2)
-
-
-def quat_to_rotmat(quats: Tensor) -> Tensor:
-    """Rotation matrices (..., 3, 3) from quaternions (..., 4) in wxyz order (normalised here)."""
-    w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
-    rows = [
-        1 - 2 * (y * y + z * z),
-        2 * (x * y - w * z),
-        2 * (x * z + w * y),
-        2 * (x * y + w * z),
-        1 - 2 * (x * x + z * z),
-        2 * (y * z - w * x),
-        2 * (x * z - w * y),
-        2 * (y * z + w * x),
-        1 - 2 * (x * x + y * y),
-    ]
-    return torch.stack(rows, dim=-1).reshape(*quats.shape[:-1], 3, 3)
 
 
 def project_gaussians(
@@ -121,7 +62,7 @@ def project_gaussians(
     blurred 2D covariance (xx, xy, yy), ``radii`` (C,N) int32 (0 = culled) and ``compensations``
     (C,N), the opacity factor that keeps the blur energy-preserving in antialiased mode.
     """
-    rot = quat_to_rotmat(quats)  # (N,3,3)
+    rot = quat_wxyz_to_matrix(quats)  # (N,3,3)
     m = rot * scales.unsqueeze(-2)  # R @ diag(s)
     covars = m @ m.transpose(-1, -2)  # (N,3,3)
 

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from da3_nerfstudio.formats.ply import SplatData
 from da3_nerfstudio.geometry import unproject_depth
-from da3_nerfstudio.rasterize import SH_C0, sh_basis
+from da3_nerfstudio.rotation import SH_C0, matrix_to_quat_wxyz, rotate_sh
 
 # Opacities are clipped this far inside (0, 1) so their logits stay finite.
 _OPACITY_EPS = 1e-4
@@ -28,32 +28,7 @@ _OPACITY_EPS = 1e-4
 
 def rotmat_to_quat(rot: np.ndarray) -> np.ndarray:
     """Unit quaternions (..., 4) in w x y z order (w >= 0) of rotation matrices (..., 3, 3)."""
-    rot = np.asarray(rot, dtype=np.float64)
-    r = rot.reshape(-1, 3, 3)
-    m00, m11, m22 = r[..., 0, 0], r[..., 1, 1], r[..., 2, 2]
-    # Magnitudes from the diagonal, signs from the off-diagonal differences: stable for any rotation.
-    w = 0.5 * np.sqrt(np.maximum(0.0, 1.0 + m00 + m11 + m22))
-    x = 0.5 * np.sqrt(np.maximum(0.0, 1.0 + m00 - m11 - m22))
-    y = 0.5 * np.sqrt(np.maximum(0.0, 1.0 - m00 + m11 - m22))
-    z = 0.5 * np.sqrt(np.maximum(0.0, 1.0 - m00 - m11 + m22))
-    q = np.stack([w, x, y, z], axis=-1)
-    big = np.argmax(q, axis=-1)
-    # Recover the other three components from the largest one (avoids dividing by a tiny value).
-    sx = r[..., 2, 1] - r[..., 1, 2]
-    sy = r[..., 0, 2] - r[..., 2, 0]
-    sz = r[..., 1, 0] - r[..., 0, 1]
-    pxy = r[..., 0, 1] + r[..., 1, 0]
-    pxz = r[..., 0, 2] + r[..., 2, 0]
-    pyz = r[..., 1, 2] + r[..., 2, 1]
-    out = np.empty(q.shape)
-    for k, (a, b, c, d) in enumerate(
-        [(4 * w * w, sx, sy, sz), (sx, 4 * x * x, pxy, pxz), (sy, pxy, 4 * y * y, pyz), (sz, pxz, pyz, 4 * z * z)]
-    ):
-        sel = big == k
-        denom = 4 * q[..., k][sel]
-        out[sel] = np.stack([a[sel], b[sel], c[sel], d[sel]], axis=-1) / denom[..., None]
-    out *= np.where(out[..., :1] < 0, -1.0, 1.0)
-    return out.reshape(*rot.shape[:-2], 4)
+    return matrix_to_quat_wxyz(torch.from_numpy(np.asarray(rot, dtype=np.float64))).numpy()
 
 
 def quat_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -71,33 +46,17 @@ def quat_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     )
 
 
-def rotate_sh_rest(sh_rest: np.ndarray, rot: np.ndarray) -> np.ndarray:
-    """Rotate higher-order SH coefficients (N, K, 3) of view-dependent colour by a world rotation.
+def rotate_sh_rest(sh_dc: np.ndarray, sh_rest: np.ndarray, rot: np.ndarray) -> np.ndarray:
+    """Rotate the view-dependent SH coefficients (N, K, 3) of splats by a world rotation ``rot``.
 
     After rotating the scene by ``rot`` a splat must show in direction ``rot @ d`` the colour it showed
-    in ``d``. Each SH band is closed under rotation, so the band's linear map is found exactly by a
-    least-squares fit of the basis on well-spread sample directions (no Wigner-D conventions needed).
+    in ``d`` (see :func:`da3_nerfstudio.rotation.rotate_sh`).
     """
-    k = sh_rest.shape[1]
-    if k == 0:
+    if sh_rest.shape[1] == 0:
         return sh_rest
-    degree = math.isqrt(k + 1) - 1
-    n_dirs = 4 * (degree + 1) ** 2 + 16
-    i = np.arange(n_dirs) + 0.5
-    zc = 1 - 2 * i / n_dirs
-    phi = math.pi * (3 - math.sqrt(5)) * i
-    dirs = np.stack([np.sqrt(1 - zc**2) * np.cos(phi), np.sqrt(1 - zc**2) * np.sin(phi), zc], axis=-1)
-    rot = np.asarray(rot, dtype=np.float64)
-    basis = sh_basis(degree, torch.from_numpy(dirs)).numpy()  # Y(d)
-    rotated = sh_basis(degree, torch.from_numpy(dirs @ rot.T)).numpy()  # Y(R d)
-    out = np.empty_like(sh_rest)
-    for level in range(1, degree + 1):
-        band = slice(level * level, (level + 1) ** 2)
-        # New coefficients c' satisfy Y(R d) c' = Y(d) c for all d  ->  c' = M c.
-        m, *_ = np.linalg.lstsq(rotated[:, band], basis[:, band], rcond=None)
-        rest_band = slice(level * level - 1, (level + 1) ** 2 - 1)
-        out[:, rest_band] = np.einsum("ij,njc->nic", m, sh_rest[:, rest_band].astype(np.float64))
-    return out
+    full = torch.from_numpy(np.concatenate([sh_dc[:, None], sh_rest], axis=1).astype(np.float64))
+    rotated = rotate_sh(full, torch.from_numpy(np.asarray(rot, dtype=np.float64)), dim=-2)
+    return rotated[:, 1:].numpy().astype(sh_rest.dtype)
 
 
 def transform_splats(splats: SplatData, transform: np.ndarray, scale: float = 1.0) -> SplatData:
@@ -118,7 +77,7 @@ def transform_splats(splats: SplatData, transform: np.ndarray, scale: float = 1.
         rotations=quat_multiply(q_rot, splats.rotations),
         opacity_logit=splats.opacity_logit,
         sh_dc=splats.sh_dc,
-        sh_rest=rotate_sh_rest(splats.sh_rest, rot),
+        sh_rest=rotate_sh_rest(splats.sh_dc, splats.sh_rest, rot),
     )
 
 

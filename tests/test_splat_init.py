@@ -13,7 +13,9 @@ from PIL import Image
 
 from da3_nerfstudio.formats.ply import SplatData, read_splat_ply, write_splat_ply
 from da3_nerfstudio.geometry import project_points
-from da3_nerfstudio.rasterize import SH_C0, quat_to_rotmat, rasterization
+from da3_nerfstudio.rasterize import rasterization
+from da3_nerfstudio.rotation import SH_C0
+from da3_nerfstudio.rotation import quat_wxyz_to_matrix as quat_to_rotmat
 from da3_nerfstudio.splat_init import (
     rotmat_to_quat,
     splats_from_depth,

@@ -7,51 +7,10 @@ pose, with the principal point assumed at the image centre (as the official mode
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from da3_nerfstudio.model.backbone import Block, Mlp
-
-
-def quat_xyzw_to_matrix(q: Tensor) -> Tensor:
-    """Rotation matrices from scalar-last quaternions; tolerates unnormalised input (2/|q|^2)."""
-    i, j, k, r = q.unbind(-1)
-    two_s = 2.0 / (q * q).sum(-1)
-    m = torch.stack(
-        [
-            1 - two_s * (j * j + k * k), two_s * (i * j - k * r), two_s * (i * k + j * r),
-            two_s * (i * j + k * r), 1 - two_s * (i * i + k * k), two_s * (j * k - i * r),
-            two_s * (i * k - j * r), two_s * (j * k + i * r), 1 - two_s * (i * i + j * j),
-        ],
-        dim=-1,
-    )  # fmt: skip
-    return m.reshape(*q.shape[:-1], 3, 3)
-
-
-def matrix_to_quat_xyzw(m: Tensor) -> Tensor:
-    """Scalar-last unit quaternion with non-negative real part, from the best-conditioned candidate."""
-    m00, m01, m02, m10, m11, m12, m20, m21, m22 = m.reshape(*m.shape[:-2], 9).unbind(-1)
-    q_abs = torch.sqrt(
-        F.relu(
-            torch.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], dim=-1)
-        )
-    )
-    # Row c is the quaternion (r, i, j, k) scaled by 4*q_abs[c]; dividing by that is exact for the
-    # largest component and numerically safest.
-    candidates = torch.stack(
-        [
-            torch.stack([q_abs[..., 0] ** 2, m21 - m12, m02 - m20, m10 - m01], dim=-1),
-            torch.stack([m21 - m12, q_abs[..., 1] ** 2, m10 + m01, m02 + m20], dim=-1),
-            torch.stack([m02 - m20, m10 + m01, q_abs[..., 2] ** 2, m12 + m21], dim=-1),
-            torch.stack([m10 - m01, m20 + m02, m21 + m12, q_abs[..., 3] ** 2], dim=-1),
-        ],
-        dim=-2,
-    )
-    candidates = candidates / (2.0 * q_abs[..., None].clamp(min=0.1))
-    best = q_abs.argmax(-1)
-    rijk = torch.gather(candidates, -2, best[..., None, None].expand(*best.shape, 1, 4)).squeeze(-2)
-    xyzw = rijk[..., [1, 2, 3, 0]]
-    return torch.where(xyzw[..., 3:] < 0, -xyzw, xyzw)
+from da3_nerfstudio.rotation import matrix_to_quat_xyzw, quat_xyzw_to_matrix
 
 
 def invert_pose(pose: Tensor) -> Tensor:

@@ -7,60 +7,12 @@ rotation convention is the official one, reproduced literally (see :func:`adapte
 
 from __future__ import annotations
 
-import functools
-import math
-
 import torch
 from torch import Tensor
 
-from da3_nerfstudio.model.camera import invert_pose, matrix_to_quat_xyzw, quat_xyzw_to_matrix
+from da3_nerfstudio.model.camera import invert_pose
 from da3_nerfstudio.model.presets import GaussianAdapterConfig
-
-SH_C0 = 0.28209479177387814
-_SH_C1 = 0.4886025119029199
-_SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
-
-
-def sh_basis(dirs: Tensor, degree: int) -> Tensor:
-    """Real SH basis of the 3DGS convention, (..., (degree+1)^2), at unit directions (..., 3)."""
-    x, y, z = dirs.unbind(-1)
-    out = [torch.full_like(x, SH_C0)]
-    if degree >= 1:
-        out += [-_SH_C1 * y, _SH_C1 * z, -_SH_C1 * x]
-    if degree >= 2:
-        c = _SH_C2
-        out += [c[0] * x * y, c[1] * y * z, c[2] * (2 * z * z - x * x - y * y), c[3] * x * z, c[4] * (x * x - y * y)]
-    if degree > 2:
-        raise ValueError("SH rotation is implemented up to degree 2 (the DA3 Gaussian head's degree)")
-    return torch.stack(out, dim=-1)
-
-
-@functools.cache
-def _sphere_samples(n: int = 64) -> Tensor:
-    """Fixed, well-spread unit directions (Fibonacci sphere) in float64."""
-    i = torch.arange(n, dtype=torch.float64) + 0.5
-    z = 1 - 2 * i / n
-    r = torch.sqrt(1 - z * z)
-    phi = math.pi * (3 - math.sqrt(5)) * i
-    return torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], dim=-1)
-
-
-def rotate_sh(coeffs: Tensor, rotation: Tensor) -> Tensor:
-    """Rotate SH coefficients (..., C, K) of functions on the sphere by rotation matrices (..., 3, 3).
-
-    The rotated function is f'(d) = f(R^T d). Each degree's rotation block is found exactly by
-    solving Y(D) A = Y(D R) on fixed sample directions D, which needs no Wigner-D convention.
-    """
-    degree = int(math.isqrt(coeffs.shape[-1])) - 1
-    dirs = _sphere_samples().to(device=coeffs.device, dtype=coeffs.dtype)
-    basis = sh_basis(dirs, degree)  # (M, K)
-    rotated_basis = sh_basis(dirs @ rotation, degree)  # (..., M, K): Y(R^T d)
-    out = [coeffs[..., :1]]
-    for level in range(1, degree + 1):
-        sl = slice(level * level, (level + 1) ** 2)
-        block = torch.linalg.pinv(basis[:, sl]) @ rotated_basis[..., sl]  # c' = block @ c
-        out.append(coeffs[..., sl] @ block.transpose(-1, -2))
-    return torch.cat(out, dim=-1)
+from da3_nerfstudio.rotation import matrix_to_quat_xyzw, quat_xyzw_to_matrix, rotate_sh
 
 
 def adapter_rotations(raw_rotation: Tensor, c2w_rotation: Tensor) -> Tensor:

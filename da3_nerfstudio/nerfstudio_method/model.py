@@ -36,7 +36,7 @@ from torch import Tensor
 from torchmetrics.image import PeakSignalNoiseRatio
 
 from da3_nerfstudio.losses import DepthLossType, depth_loss, depth_weight_schedule, downscale_depth
-from da3_nerfstudio.rasterize import SH_C0
+from da3_nerfstudio.rotation import SH_C0
 
 
 @dataclass
