@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import pycolmap
 import pytest
 from PIL import Image
 from plyfile import PlyData
+from samples import ROOM, room_truth
 
 from da3_nerfstudio import InputError, Prediction
 from da3_nerfstudio import dataset as dataset_module
@@ -33,8 +33,6 @@ from da3_nerfstudio.dataset import (
 from da3_nerfstudio.formats.ply import read_point_cloud_ply, read_splat_ply
 from da3_nerfstudio.geometry import unproject_depth
 
-SAMPLES = Path(os.environ.get("DA3_SAMPLES", Path(__file__).resolve().parents[2] / "shared" / "samples"))
-ROOM = SAMPLES / "room_gt"
 pytestmark = pytest.mark.skipif(not ROOM.is_dir(), reason=f"sample data not found at {ROOM}")
 CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
 #: Small clouds keep the tests fast where the point count is not what is tested.
@@ -43,17 +41,8 @@ SMALL = DatasetOptions(num_points=5_000, num_gaussians=20_000)
 
 def room_gt() -> dict[str, np.ndarray]:
     """Ground truth: w2c (8,4,4) OpenCV, K (8,3,3) continuous pixel convention, depth, images."""
-    gt = np.load(ROOM / "condition.npz")
-    K = gt["intrinsics"].astype(np.float64).copy()
-    K[:, :2, 2] += 0.5  # the sample uses integer-index pixel coordinates
-    images = np.stack([np.asarray(Image.open(ROOM / "rgb" / f"{i}.png").convert("RGB")) for i in range(8)])
-    return {
-        "c2w": gt["poses"].astype(np.float64),
-        "w2c": np.linalg.inv(gt["poses"].astype(np.float64)),
-        "K": K,
-        "depth": gt["depths"].astype(np.float32),
-        "images": images,
-    }
+    truth = room_truth()
+    return {"c2w": truth.c2w, "w2c": truth.w2c, "K": truth.K, "depth": truth.depth, "images": truth.images}
 
 
 def room_prediction(gt: dict[str, np.ndarray], views: list[int] | None = None) -> Prediction:

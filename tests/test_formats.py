@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 from numpy.lib.recfunctions import repack_fields
 from PIL import Image
 from plyfile import PlyData, PlyElement
+from samples import ROOM, room_truth
 
 from da3_nerfstudio.errors import InputError
 from da3_nerfstudio.formats import ply as ply_module
@@ -26,8 +26,6 @@ from da3_nerfstudio.formats.ply import (
 )
 from da3_nerfstudio.formats.transforms import frames_from_cameras, read_transforms_json, write_transforms_json
 
-SAMPLES = Path(os.environ.get("DA3_SAMPLES", Path(__file__).resolve().parents[2] / "shared" / "samples"))
-ROOM = SAMPLES / "room_gt"
 CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
 
 
@@ -36,10 +34,8 @@ def room() -> dict[str, np.ndarray]:
     """Ground-truth room: c2w OpenCV poses, intrinsics in the +0.5 pixel-centre convention, z-depths."""
     if not (ROOM / "condition.npz").is_file():
         pytest.skip(f"room_gt samples not found at {ROOM} (set DA3_SAMPLES)")
-    data = np.load(ROOM / "condition.npz")
-    intrinsics = data["intrinsics"].astype(np.float64)
-    intrinsics[:, :2, 2] += 0.5  # integer-index pixel centres -> continuous convention
-    return {"poses": data["poses"].astype(np.float64), "intrinsics": intrinsics, "depths": data["depths"]}
+    truth = room_truth()
+    return {"poses": truth.c2w, "intrinsics": truth.K, "depths": truth.depth}
 
 
 def unproject(depth: np.ndarray, k: np.ndarray, c2w: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:

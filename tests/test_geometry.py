@@ -3,12 +3,10 @@ and the exact poses, intrinsics and depths of the ``room_gt`` sample."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from samples import ROOM, room_truth
 
 from da3_nerfstudio.geometry import (
     align_cameras_sim3,
@@ -24,7 +22,6 @@ from da3_nerfstudio.geometry import (
     unproject_depth,
 )
 
-SAMPLES = Path(os.environ.get("DA3_SAMPLES", Path(__file__).resolve().parents[2] / "shared" / "samples"))
 TOL = 1e-4
 
 
@@ -439,15 +436,10 @@ def test_rescale_intrinsics_matches_resized_projection():
 
 
 def test_room_gt_depth_reprojects_into_the_next_view():
-    path = SAMPLES / "room_gt" / "condition.npz"
-    if not path.exists():
-        pytest.skip(f"sample data not found at {path} (set DA3_SAMPLES)")
-    data = np.load(path)
-    c2w = data["poses"].astype(np.float64)
-    K = data["intrinsics"].astype(np.float64)
-    depths = data["depths"].astype(np.float64)
-    K[:, :2, 2] += 0.5  # integer-index pixel coordinates -> continuous convention
-    w2c = np.linalg.inv(c2w)[:, :3]
+    if not (ROOM / "condition.npz").exists():
+        pytest.skip(f"sample data not found at {ROOM} (set DA3_SAMPLES)")
+    truth = room_truth()
+    K, depths, w2c = truth.K, truth.depth.astype(np.float64), truth.w2c[:, :3]
 
     pts = unproject_depth(depths[:1], K[:1], w2c[:1])[0]
     uv, z = project_points(pts[depths[0] > 0], K[1], w2c[1])

@@ -8,7 +8,6 @@ through the same code in the chunk-consistency and end-to-end tests with the par
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
@@ -17,6 +16,7 @@ import pytest
 import torch
 from da3_fixtures import write_checkpoint
 from PIL import Image
+from samples import ROOM, room_truth
 from torch import nn
 
 from da3_nerfstudio import DA3Predictor, InputError, Prediction
@@ -24,17 +24,13 @@ from da3_nerfstudio.geometry import align_cameras_sim3, apply_sim3_to_w2c, proje
 from da3_nerfstudio.model.presets import get_preset
 from da3_nerfstudio.preprocess import preprocess_images
 
-SAMPLES = Path(os.environ.get("DA3_SAMPLES", Path(__file__).resolve().parents[2] / "shared" / "samples"))
-ROOM = SAMPLES / "room_gt"
 pytestmark = pytest.mark.skipif(not ROOM.is_dir(), reason=f"sample data not found at {ROOM}")
 
 
 def room() -> tuple[list[Path], np.ndarray, np.ndarray, np.ndarray]:
     """Room images, w2c (N,4,4) OpenCV, intrinsics (continuous convention), depth (N,H,W)."""
-    gt = np.load(ROOM / "condition.npz")
-    K = gt["intrinsics"].astype(np.float64).copy()
-    K[:, :2, 2] += 0.5  # the sample uses integer-index pixel coordinates
-    return sorted((ROOM / "rgb").glob("*.png"), key=lambda p: int(p.stem)), np.linalg.inv(gt["poses"]), K, gt["depths"]
+    truth = room_truth()
+    return truth.paths, truth.w2c, truth.K, truth.depth
 
 
 def random_similarity(rng: np.random.Generator) -> tuple[float, np.ndarray, np.ndarray]:

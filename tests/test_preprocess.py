@@ -7,14 +7,13 @@ torchvision's CenterCrop, which the official code uses for mixed sizes.
 
 import io
 import logging
-import os
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from samples import SAMPLES
 from torchvision.transforms import CenterCrop
 
 from da3_nerfstudio.errors import InputError
@@ -27,7 +26,6 @@ from da3_nerfstudio.preprocess import (
     processed_size,
 )
 
-SAMPLES = Path(os.environ.get("DA3_SAMPLES", Path(__file__).resolve().parents[2] / "shared" / "samples"))
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from da3_fixtures import write_checkpoint
 from PIL import Image
+from samples import SAMPLES, SOH, VIDEO
 from test_dataset import (
-    SAMPLES,
     check_colmap,
     check_nerfstudio,
     frame_index,
@@ -38,7 +38,7 @@ from da3_nerfstudio.formats.colmap import write_colmap_model
 from da3_nerfstudio.formats.ply import read_point_cloud_ply, read_splat_ply
 from da3_nerfstudio.formats.transforms import frames_from_cameras, read_transforms_json, write_transforms_json
 
-ROOM, SOH, VIDEO = SAMPLES / "room_gt", SAMPLES / "soh", SAMPLES / "robot_unitree.mp4"
+ROOM = SAMPLES / "room_gt"
 pytestmark = pytest.mark.skipif(
     not (ROOM.is_dir() and SOH.is_dir() and VIDEO.is_file()), reason=f"sample data not found at {SAMPLES}"
 )
