@@ -5,9 +5,17 @@ exporter). A geometry-nodes modifier drops low-confidence points and turns the r
 geometry, so the confidence threshold and point radius stay adjustable after import.
 
 Solid view (Workbench) draws point-cloud geometry in a single colour: it ignores colour attributes on
-points in 4.5 and 5.3 alike. With "Solid Colours" on (the default) each point is therefore realised as a
-small tetrahedron, a mesh whose point-domain ``Col`` Workbench's Attribute colouring shows; off, the
-points stay point-cloud primitives (round in Cycles/EEVEE, cheaper, but uncoloured in Solid view).
+points in 4.5 and 5.3 alike. With "Solid Colours" on each point is therefore realised as a small
+tetrahedron, a mesh whose point-domain ``Col`` Workbench's Attribute colouring shows; off, the points stay
+point-cloud primitives (round in Cycles/EEVEE, cheaper, but uncoloured in Solid view).
+
+Realising costs about 1.5-2 s per million points on 2 cores, at import and again at every threshold or
+radius change; primitives cost about 0.07 s. Solid Colours therefore starts on only up to
+``SOLID_COLOURS_MAX_POINTS`` (a 300k cloud imports in 0.4-0.8 s with it on a loaded 2-core machine),
+and importers say how to turn it on above. Faster ways to give Workbench a coloured mesh were measured
+and rejected: a tetrahedron mesh built in numpy (about 1 s to fill 4M vertices and 4M faces through
+foreach_set, before any reading, and the carrier would stop being an editable vertex-only cloud),
+extruding the vertices into boxes (1.1-1.8 s) and Duplicate Elements of a tetrahedron (5-25 s).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ CONF_ATTRIBUTE = "conf"
 THRESHOLD_INPUT = "Confidence Threshold"
 RADIUS_INPUT = "Point Radius"
 SOLID_COLOURS_INPUT = "Solid Colours"
+SOLID_COLOURS_MAX_POINTS = 300_000
 _GROUP_VERSION = 2
 _SHAPE_VERSION = 1
 
@@ -199,6 +208,14 @@ def set_modifier_input(mod: bpy.types.NodesModifier, name: str, value: object) -
         mod[key] = value
 
 
+def get_modifier_input(mod: bpy.types.NodesModifier, name: str) -> object:
+    """A geometry-nodes modifier input's current value, by its interface name."""
+    key = _input_identifier(mod, name)
+    if _uses_input_structs(mod):
+        return getattr(mod.properties.inputs, key).value
+    return mod[key]
+
+
 def draw_modifier_input(layout: bpy.types.UILayout, mod: bpy.types.NodesModifier, name: str) -> None:
     """A UI field for a modifier input, so threshold and radius can be changed from the sidebar."""
     if mod.node_group is None:
@@ -213,6 +230,22 @@ def draw_modifier_input(layout: bpy.types.UILayout, mod: bpy.types.NodesModifier
         layout.prop(mod, f'["{key}"]', text=name)
 
 
+def solid_colours_by_default(count: int) -> bool:
+    """Whether a cloud of ``count`` points starts with Solid Colours: only while realising stays quick."""
+    return count <= SOLID_COLOURS_MAX_POINTS
+
+
+def solid_colours_note(obj: bpy.types.Object) -> str | None:
+    """The info line for a coloured cloud that starts without Solid Colours, saying how to turn it on."""
+    mod = obj.modifiers.get(MODIFIER_NAME)
+    if mod is None or not has_point_colours(obj) or get_modifier_input(mod, SOLID_COLOURS_INPUT):
+        return None
+    return (
+        f"{obj.name}: {len(obj.data.vertices):,} points, more than {SOLID_COLOURS_MAX_POINTS:,}, so Solid "
+        f"Colours starts off to keep updates fast; turn it on in Sidebar > DA3 to see point colours in Solid view"
+    )
+
+
 def create_point_cloud(
     name: str,
     points: PointData,
@@ -220,13 +253,15 @@ def create_point_cloud(
     root: bpy.types.Object,
     radius: float = 0.005,
     threshold: float = 0.0,
-    solid_colours: bool = True,
+    solid_colours: bool | None = None,
 ) -> bpy.types.Object:
     """A point-cloud object with ``Col`` (linear FLOAT_COLOR) and ``conf`` attributes under ``root``.
 
-    ``solid_colours`` starts the modifier with tetrahedra (colours in Solid view; about 1.8 s of node
-    evaluation per million points on 2 cores) rather than point primitives (about 0.1 s).
+    ``solid_colours`` starts the modifier with tetrahedra (colours in Solid view) rather than point
+    primitives; None decides by point count (:func:`solid_colours_by_default`).
     """
+    if solid_colours is None:
+        solid_colours = solid_colours_by_default(len(points.positions))
     attributes = []
     if points.colors is not None:
         rgba = np.ones((len(points.positions), 4), dtype=np.float32)

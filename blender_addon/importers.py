@@ -147,9 +147,9 @@ def import_points(
     *,
     z_up: bool = True,
     radius: float = 0.0,
-    solid_colours: bool = True,
+    solid_colours: bool | None = None,
 ) -> ImportResult:
-    """A point-cloud PLY; ``radius`` 0 picks one from the cloud's extent."""
+    """A point-cloud PLY; ``radius`` 0 picks one from the cloud's extent, ``solid_colours`` None by size."""
     path = Path(path)
     points = read_point_cloud_ply(path)
     collection, root = new_import_root(scene, f"DA3 {path.stem}", z_up, str(path))

@@ -10,7 +10,7 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, St
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
 from . import importers
-from .build_points import has_point_colours, show_attribute_colours
+from .build_points import SOLID_COLOURS_MAX_POINTS, has_point_colours, show_attribute_colours, solid_colours_note
 from .errors import InputError
 from .exporters import export_cameras
 from .process_job import ProcessJob, process_command, resolve_python
@@ -29,6 +29,10 @@ class _ImportOperator(bpy.types.Operator, ImportHelper):
     def run(self, context: bpy.types.Context) -> importers.ImportResult:
         raise NotImplementedError
 
+    def notes(self, result: importers.ImportResult) -> list[str]:
+        """Info lines: how to turn on Solid Colours where the point count left it off."""
+        return list(filter(None, map(solid_colours_note, result.objects)))
+
     def execute(self, context: bpy.types.Context) -> set[str]:
         try:
             result = self.run(context)
@@ -37,6 +41,8 @@ class _ImportOperator(bpy.types.Operator, ImportHelper):
             return {"CANCELLED"}
         for warning in result.warnings:
             self.report({"WARNING"}, warning)
+        for note in self.notes(result):
+            self.report({"INFO"}, note)
         for obj in context.view_layer.objects.selected:
             obj.select_set(False)
         result.root.select_set(True)
@@ -138,17 +144,26 @@ class DA3_OT_import_points(_ImportOperator):
     filter_glob: StringProperty(default="*.ply", options={"HIDDEN"})
     z_up: BoolProperty(name="Z-Up", description=_Z_UP_DOC, default=True)
     radius: FloatProperty(name="Point Radius", description="0 picks one from the cloud size", default=0.0, min=0.0)
-    solid_colours: BoolProperty(
+    solid_colours: EnumProperty(
         name="Solid Colours",
-        description="Points as small meshes so Solid view shows their colours (slower to update than point "
-        "primitives on millions of points; can be switched later in the DA3 panel)",
-        default=True,
+        description="Points as small meshes so Solid view shows their colours; they are slower to import and "
+        "update than point primitives on millions of points. Can be switched later in the DA3 panel",
+        items=(
+            ("AUTO", "Automatic", f"On up to {SOLID_COLOURS_MAX_POINTS:,} points, off above"),
+            ("ON", "On", "Small meshes whose colours Solid view shows"),
+            ("OFF", "Off", "Point primitives: fast, but one colour in Solid view"),
+        ),
+        default="AUTO",
     )
 
     def run(self, context: bpy.types.Context) -> importers.ImportResult:
+        solid = {"AUTO": None, "ON": True, "OFF": False}[self.solid_colours]
         return importers.import_points(
-            context.scene, self.filepath, z_up=self.z_up, radius=self.radius, solid_colours=self.solid_colours
+            context.scene, self.filepath, z_up=self.z_up, radius=self.radius, solid_colours=solid
         )
+
+    def notes(self, result: importers.ImportResult) -> list[str]:
+        return super().notes(result) if self.solid_colours == "AUTO" else []
 
 
 class DA3_OT_import_splats(_ImportOperator):
@@ -187,6 +202,8 @@ class DA3_OT_backproject_depth(bpy.types.Operator):
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         _colour_solid_view(context, points, True)
+        for note in filter(None, map(solid_colours_note, points)):
+            self.report({"INFO"}, note)
         self.report({"INFO"}, f"Back-projected {len(cameras)} depth map(s)")
         return {"FINISHED"}
 

@@ -216,7 +216,7 @@ def test_point_colours_show_in_solid_view_render(addon, tmp_path):
 
 def test_point_primitives_stay_uncoloured_in_solid_view(addon, tmp_path):
     """Why Solid Colours exists: Workbench ignores the colour of point-cloud geometry."""
-    _red_green_scene(tmp_path, solid_colours=False)
+    _red_green_scene(tmp_path, solid_colours="OFF")
     rgb = _workbench_render(tmp_path, "points.png")
     left = rgb[22:42, 14:26].mean(axis=(0, 1))
     assert left.max() > 0.3, "the points are drawn"
@@ -240,6 +240,32 @@ def test_points_without_colours_keep_point_primitives(addon, tmp_path):
     assert all(v.shading.color_type == "MATERIAL" for v in views)  # no colours: Solid view left alone
     cloud = evaluated_attributes(only_object(), "POINTCLOUD", {"position": ("vector", 3)})
     np.testing.assert_allclose(cloud["position"], points, atol=1e-6)
+
+
+def test_solid_colours_start_on_only_up_to_the_limit(addon, tmp_path, monkeypatch, capfd):
+    """Automatic: tetrahedra up to the limit; above it point primitives and an info line saying how to
+    turn Solid Colours on. An explicit choice is kept and needs no info line."""
+    import addon_utils
+    from da3_blender import build_points
+
+    monkeypatch.setattr(build_points, "SOLID_COLOURS_MAX_POINTS", 100)
+    cases = [(100, "AUTO", "MESH", False), (101, "AUTO", "POINTCLOUD", True)]
+    cases += [(101, "ON", "MESH", False), (101, "OFF", "POINTCLOUD", False), (100, "OFF", "POINTCLOUD", False)]
+    for count, choice, output, note in cases:
+        bpy.ops.wm.read_factory_settings(use_empty=True)  # one object per scene; unregisters the add-on
+        addon_utils.enable("da3_blender", default_set=True)
+        points, colors, conf = random_cloud(count, seed=count)
+        write_point_cloud_ply(tmp_path / "c.ply", points, colors, conf)
+        capfd.readouterr()
+        assert bpy.ops.da3.import_points(filepath=str(tmp_path / "c.ply"), solid_colours=choice) == {"FINISHED"}
+        obj = only_object()
+        mod = obj.modifiers[build_points.MODIFIER_NAME]
+        assert build_points.get_modifier_input(mod, build_points.SOLID_COLOURS_INPUT) == (output == "MESH")
+        found = evaluated_attributes(obj, output, {"position": ("vector", 3)})
+        assert len(found["position"]) == count * (4 if output == "MESH" else 1), (count, choice)  # tetrahedra
+        printed = capfd.readouterr().out
+        assert ("Solid Colours starts off" in printed and "Sidebar > DA3" in printed) == note, (count, choice, printed)
+        assert (build_points.solid_colours_note(obj) is not None) == (output == "POINTCLOUD")
 
 
 def test_ascii_ply_float_colours_and_no_confidence(addon, tmp_path):
