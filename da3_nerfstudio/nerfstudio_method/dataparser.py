@@ -6,10 +6,15 @@ Those are moved into nerfstudio's normalised frame with exactly the orientation/
 and scale applied to the poses and seed points, so that positions, sizes, orientations and
 view-dependent colour stay consistent with the cameras. Depth maps are scaled by the same factor
 in :class:`~da3_nerfstudio.nerfstudio_method.dataset.DA3DepthDataset`.
+
+``--data`` may also be a plain folder of photos: the parser then runs ``da3-process-data images`` into
+a cache folder inside it (:data:`CACHE_DIR`) and trains on that, reusing the cache while it is newer
+than every photo and was made with the same model.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +28,12 @@ from da3_nerfstudio.errors import InputError
 from da3_nerfstudio.formats.ply import read_point_cloud_ply, read_splat_ply
 from da3_nerfstudio.splat_init import transform_splats
 
+#: Where a plain image folder's dataset is cached (hidden, so the image listing skips it).
+CACHE_DIR = ".da3-dataset"
+#: Default network for plain image folders; same as ``da3-process-data``'s (kept literal so that
+#: ``ns-train --help`` does not import the preprocessing CLI).
+DEFAULT_DA3_MODEL = "depth-anything/DA3NESTED-GIANT-LARGE-1.1"
+
 
 @dataclass
 class DA3DataParserConfig(NerfstudioDataParserConfig):
@@ -35,6 +46,11 @@ class DA3DataParserConfig(NerfstudioDataParserConfig):
     """Load ``ply_file_path`` as seed points (used by ``--pipeline.model.init-from sparse_points``)."""
     splat_init_file: Path = Path("splat_init.ply")
     """3DGS PLY of initial Gaussians, relative to the dataset folder, in the frame of the poses."""
+    da3_model: str = DEFAULT_DA3_MODEL
+    """When --data is a plain image folder: the DA3 model (Hugging Face repo id or local checkpoint folder)
+    that da3-process-data runs to make the dataset cached in DATA/.da3-dataset."""
+    da3_process_res: int = 504
+    """When --data is a plain image folder: da3-process-data's network input resolution."""
 
 
 class DA3DataParser(Nerfstudio):
@@ -45,6 +61,10 @@ class DA3DataParser(Nerfstudio):
     def _generate_dataparser_outputs(self, split: str = "train"):  # noqa: ANN202 (nerfstudio's type)
         data = self.config.data
         meta_path = data if data.suffix == ".json" else data / "transforms.json"
+        if not meta_path.is_file() and data.is_dir():
+            data = self._preprocessed(data)
+            meta_path = data / "transforms.json"
+            self.config.data = data
         if not meta_path.is_file():
             raise InputError(f"{meta_path}: no transforms.json; run `da3-process-data` on the image folder first")
         outputs = super()._generate_dataparser_outputs(split)
@@ -55,6 +75,30 @@ class DA3DataParser(Nerfstudio):
         if splat_path.is_file():
             outputs.metadata["splat_init"] = self._load_splat_init(splat_path, meta, outputs)
         return outputs
+
+    def _preprocessed(self, photos: Path) -> Path:
+        """The dataset of a plain image folder: its cache when still valid, else made now by da3-process-data."""
+        from da3_nerfstudio.cli.process_data import list_images, main
+        from da3_nerfstudio.dataset import MANIFEST
+
+        images = list_images(photos)  # InputError (one line, naming the folder) when there are no photos
+        cache = photos / CACHE_DIR
+        try:
+            manifest = json.loads((cache / MANIFEST).read_text(encoding="utf-8"))
+            fresh = (cache / MANIFEST).stat().st_mtime > max(p.stat().st_mtime for p in images)
+        except (OSError, ValueError):
+            manifest, fresh = {}, False
+        if fresh and manifest.get("model_source") == self.config.da3_model:
+            CONSOLE.log(f"da3-data: reusing the DA3 dataset cached in {cache} (newer than the photos)")
+            return cache
+        CONSOLE.log(
+            f"da3-data: {photos} is a plain image folder; running da3-process-data ({self.config.da3_model}) "
+            f"on its {len(images)} photos into {cache}"
+        )
+        args = ["images", "--data", str(photos), "--output-dir", str(cache), "--model", self.config.da3_model]
+        if main([*args, "--process-res", str(self.config.da3_process_res)]) != 0:
+            raise InputError(f"{photos}: da3-process-data could not make a dataset of these photos (error above)")
+        return cache
 
     def _normalising_transform(self, meta: dict, outputs) -> np.ndarray:  # noqa: ANN001
         """The 4x4 transform nerfstudio applied to the saved poses (dataparser transform without

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # da3_fixtures
 
 from room_dataset import ROOM, build_room_dataset  # noqa: E402
 

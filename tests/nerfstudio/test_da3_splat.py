@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
+from room_dataset import SAMPLES
 
 from da3_nerfstudio.formats.ply import read_splat_ply
 from da3_nerfstudio.geometry import project_points, unproject_depth
+
+SOH = SAMPLES / "soh"
 
 BIN = Path(sys.executable).parent
 GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -184,3 +189,49 @@ def test_train_eval_export_on_cpu(room_dataset: Path, tmp_path: Path) -> None:
     assert largest > 1e-5  # camera optimisation is on by default
     reparsed = DA3DataParserConfig(data=out).setup().get_dataparser_outputs("train")
     assert len(reparsed.image_filenames) == 7
+
+
+def test_plain_image_folder_is_preprocessed_into_a_cached_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--data PHOTOS runs da3-process-data (tiny fixture checkpoint) into PHOTOS/.da3-dataset, says so,
+    trains on that dataset, and reuses it until a photo changes."""
+    from da3_fixtures import write_checkpoint
+    from nerfstudio.utils.rich_utils import CONSOLE
+
+    from da3_nerfstudio.cli.process_data import DEFAULT_MODEL
+    from da3_nerfstudio.dataset import MANIFEST
+    from da3_nerfstudio.nerfstudio_method import dataparser as dp
+
+    assert dp.DEFAULT_DA3_MODEL == DEFAULT_MODEL
+    if not SOH.is_dir():
+        pytest.skip(f"soh samples not found at {SOH} (set DA3_SAMPLES)")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for source in sorted(SOH.glob("*.png")):
+        shutil.copy2(source, photos / source.name)
+    checkpoint = write_checkpoint(tmp_path / "da3-small", "da3-small")
+    config = dp.DA3DataParserConfig(data=photos, da3_model=str(checkpoint), da3_process_res=112)
+
+    monkeypatch.setattr(CONSOLE, "width", 1000)  # one log message per line
+
+    def parse() -> tuple[object, str]:
+        with CONSOLE.capture() as capture:
+            outputs = config.setup().get_dataparser_outputs("train")
+        return outputs, capture.get()
+
+    outputs, log = parse()
+    cache = photos / dp.CACHE_DIR
+    assert f"{photos} is a plain image folder; running da3-process-data" in log and str(cache) in log
+    assert all(Path(name).parent == cache / "images" for name in outputs.image_filenames)
+    assert len(outputs.image_filenames) == 2 and "splat_init" in outputs.metadata
+    stamp = (cache / MANIFEST).stat().st_mtime_ns
+
+    config.data = photos  # a fresh parse of the photo folder (as ns-eval does from config.yml)
+    _, log = parse()
+    assert "reusing the DA3 dataset cached in" in log and (cache / MANIFEST).stat().st_mtime_ns == stamp
+
+    os.utime(photos / "010.png")  # a photo newer than the cache: made again
+    config.data = photos
+    _, log = parse()
+    assert "running da3-process-data" in log and (cache / MANIFEST).stat().st_mtime_ns > stamp
