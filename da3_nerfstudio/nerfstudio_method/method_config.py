@@ -2,7 +2,21 @@
 
 Every ``ns-*`` command imports this module to build its CLI, so it only assembles configs from
 modules nerfstudio loads anyway (splatfacto, the full-image datamanager) and our light ones. The
-optimiser settings are splatfacto's; the datamanager serves DA3 depth with every image.
+datamanager serves DA3 depth with every image.
+
+The optimiser settings are splatfacto's except for the parameters DA3 already gets right. Splatfacto's
+rates are made to move Gaussians from sparse points (opacity 0.1, kNN sizes) onto the surfaces; started
+on the surfaces, with about one Gaussian per pixel, the same rates let every Gaussian's opacity, size
+and position fit its few training pixels, so views between the training cameras get worse while the
+training views get better. Measured on room_gt (oracle geometry, views 1 and 6 held out, 300
+iterations): with splatfacto's rates the held-out PSNR peaked near iteration 50 and then fell by 2 dB,
+almost all of it from opacities; with positions, opacities and sizes learning 10x, 10x and 5x more
+slowly it holds (22.9/16.5 -> 24.2/18.5 dB at 300). Colours, rotations and SH keep splatfacto's rates.
+
+Note that gsplat 1.4.0's densification strategy also resets opacities at step 0 (to 2 x
+``cull_alpha_thresh`` = 0.2), so training starts from DA3's positions, sizes and colours with
+translucent Gaussians; keeping the initial opacities (0.9 without confidences) measured worse on the
+held-out views (22.5/16.8 dB at 300), as the overlapping views' Gaussians then hide one another.
 """
 
 from __future__ import annotations
@@ -51,11 +65,11 @@ da3_splat = MethodSpecification(
             model=DA3SplatModelConfig(),
         ),
         optimizers={
-            "means": _adam(1.6e-4, final=1.6e-6),
+            "means": _adam(1.6e-5, final=1.6e-7),
             "features_dc": _adam(0.0025),
             "features_rest": _adam(0.0025 / 20),
-            "opacities": _adam(0.05),
-            "scales": _adam(0.005),
+            "opacities": _adam(0.005),
+            "scales": _adam(0.001),
             "quats": _adam(0.001),
             "camera_opt": _adam(1e-4, final=5e-7, warmup=1000),
             "bilateral_grid": _adam(2e-3, final=1e-4, warmup=1000),
