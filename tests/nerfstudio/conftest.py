@@ -17,7 +17,7 @@ pytest.importorskip("nerfstudio", reason="nerfstudio is not installed (pip insta
 
 @pytest.fixture(scope="session")
 def room_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """room_gt at 1/4 resolution as a da3-process-data folder (view 1 held out)."""
+    """room_gt at 1/4 resolution as a da3-process-data folder (views 1 and 6 held out)."""
     if not ROOM.is_dir():
         pytest.skip(f"room_gt samples not found at {ROOM} (set DA3_SAMPLES)")
     return build_room_dataset(tmp_path_factory.mktemp("room") / "data", factor=4, init_stride=2)

@@ -94,9 +94,9 @@ def test_dataparser_keeps_depth_and_splats_in_normalised_pose_units(room_dataset
 
 
 def test_train_eval_export_on_cpu(room_dataset: Path, tmp_path: Path) -> None:
-    """A few hundred CPU iterations, then ns-eval and ns-export on the checkpoint (torch's safe
+    """200 CPU iterations (densification at 50, 100 and 150), then ns-eval and ns-export on the checkpoint (torch's safe
     loading left on) and the optimised-camera export; the exported splats lie on the room's surfaces."""
-    iterations = 300
+    iterations = 200
     log = _run(
         [
             str(BIN / "ns-train"),
@@ -120,14 +120,14 @@ def test_train_eval_export_on_cpu(room_dataset: Path, tmp_path: Path) -> None:
             "--steps-per-eval-all-images",
             "100000",
             "--pipeline.model.warmup-length",
-            "100",
+            "50",
             "--pipeline.model.refine-every",
-            "100",
-            # Start at half resolution and double at step 150, so the depth target is downscaled too.
+            "50",
+            # Start at half resolution and double at step 100, so the depth target is downscaled too.
             "--pipeline.model.num-downscales",
             "1",
             "--pipeline.model.resolution-schedule",
-            "150",
+            "100",
         ],
         tmp_path,
         timeout=600,
@@ -141,7 +141,7 @@ def test_train_eval_export_on_cpu(room_dataset: Path, tmp_path: Path) -> None:
     eval_json = tmp_path / "eval.json"
     _run([str(BIN / "ns-eval"), "--load-config", str(config), "--output-path", str(eval_json)], tmp_path, 300)
     metrics = json.loads(eval_json.read_text())["results"]
-    assert metrics["psnr"] > 15.0  # held-out view 1; a failed reload renders noise (< 10 dB)
+    assert metrics["psnr"] > 15.0  # held-out views 1 and 6; a failed reload renders noise (< 10 dB)
 
     _run(
         [str(BIN / "ns-export"), "gaussian-splat", "--load-config", str(config), "--output-dir", str(tmp_path / "exp")],
@@ -155,7 +155,7 @@ def test_train_eval_export_on_cpu(room_dataset: Path, tmp_path: Path) -> None:
     # Exported means, back in the room's metric frame, lie on a ground-truth depth surface.
     parser = json.loads((run / "dataparser_transforms.json").read_text())
     transform, scale = np.asarray(parser["transform"]), parser["scale"]
-    opaque = 1 / (1 + np.exp(-splats.opacity_logit)) > 0.5
+    opaque = splats.opacity_logit > np.median(splats.opacity_logit)  # the more opaque half
     world = (splats.means[opaque] / scale - transform[:, 3]) @ transform[:, :3]
     meta = json.loads((room_dataset / "transforms.json").read_text())
     best = np.full(len(world), np.inf)
@@ -181,14 +181,14 @@ def test_train_eval_export_on_cpu(room_dataset: Path, tmp_path: Path) -> None:
     largest = 0.0
     for name, frame in exported.items():
         moved = np.abs(np.asarray(frame["transform_matrix"]) - np.asarray(original[name]["transform_matrix"])).max()
-        if name == "images/frame_00001.png":  # held out: never optimised, written back exactly
+        if name in ("images/frame_00001.png", "images/frame_00006.png"):  # held out: written back exactly
             assert moved < 1e-6
-        else:  # refined by a few hundred camera-optimiser steps: small corrections
+        else:  # refined by 200 camera-optimiser steps: small corrections
             assert moved < 0.1
             largest = max(largest, moved)
     assert largest > 1e-5  # camera optimisation is on by default
     reparsed = DA3DataParserConfig(data=out).setup().get_dataparser_outputs("train")
-    assert len(reparsed.image_filenames) == 7
+    assert len(reparsed.image_filenames) == 6
 
 
 def test_plain_image_folder_is_preprocessed_into_a_cached_dataset(
