@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tyro
@@ -36,6 +37,9 @@ from PIL import Image
 
 from da3_nerfstudio.errors import DA3Error, InputError
 from da3_nerfstudio.formats.atomic import atomic_write
+
+if TYPE_CHECKING:
+    import bpy
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The add-on's extension id (blender_addon/blender_manifest.toml): the module name Blender imports it as.
@@ -61,8 +65,8 @@ class BlendConfig:
     """file_path of the view to render from (default: the dataset's first test view)."""
     width: int = 160
     """Preview width in pixels (height follows the view's aspect ratio)."""
-    samples: int = 32
-    """Cycles samples per pixel of the preview."""
+    samples: int = 16
+    """Cycles samples per pixel of the preview (denoised)."""
     z_up: bool = False
     """Rotate the dataset root from an OpenCV world (y down) to Blender's Z-up (for DA3 output)."""
 
@@ -125,7 +129,7 @@ def held_out_view(transforms_json: Path, view: str | None) -> str:
     return tests[0]
 
 
-def _render_pixels(scene: object) -> np.ndarray:
+def _render_pixels(scene: bpy.types.Scene) -> np.ndarray:
     """Render the scene camera and return (H,W,3) uint8 sRGB, top row first (via a PNG, as Blender saves it)."""
     import bpy
 
@@ -137,7 +141,7 @@ def _render_pixels(scene: object) -> np.ndarray:
             return np.asarray(png.convert("RGB"))
 
 
-def _configure_preview(scene: object, camera: object, size: tuple[int, int], samples: int) -> None:
+def _configure_preview(scene: bpy.types.Scene, camera: bpy.types.Object, size: tuple[int, int], samples: int) -> None:
     """Cycles CPU through ``camera``, fixed seed, denoised, plain sRGB, black world."""
     import bpy
 
@@ -162,7 +166,7 @@ def _configure_preview(scene: object, camera: object, size: tuple[int, int], sam
     scene.world = world
 
 
-def _count(obj: object) -> int:
+def _count(obj: bpy.types.Object) -> int:
     """Number of points stored in a point-carrying object (a vertex-only mesh, or a 5.3+ point cloud)."""
     return len(obj.data.attributes["position"].data)
 
@@ -187,14 +191,19 @@ def build(config: BlendConfig) -> dict:
     start = time.perf_counter()
     bpy.ops.wm.read_factory_settings(use_empty=True)
     with enabled_addon():
-        from da3_blender.importers import import_dataset, import_splats  # the add-on, as Blender imports it
+        # The add-on, as Blender imports it; its own one-line error (it cannot import the project's).
+        from da3_blender.errors import InputError as AddonInputError
+        from da3_blender.importers import import_dataset, import_splats
         from mathutils import Matrix
 
         scene = bpy.context.scene
-        dataset = import_dataset(scene, config.dataset, z_up=config.z_up, import_points=True)
+        try:
+            dataset = import_dataset(scene, config.dataset, z_up=config.z_up, import_points=True)
+            splats = import_splats(scene, config.splats, z_up=False)
+        except AddonInputError as err:
+            raise InputError(str(err)) from None
         for warning in dataset.warnings:
             print(f"demo_blend: {warning}")
-        splats = import_splats(scene, config.splats, z_up=False)
         root = dataset.root
         root.name = DEMO_ROOT_NAME
         # The splat import (root empty + its collection) moves under the dataset's root and collection.
