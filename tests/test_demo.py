@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 
 from da3_nerfstudio.dataset import split_indices
+from da3_nerfstudio.errors import InputError
 from da3_nerfstudio.formats.ply import read_splat_ply
 from da3_nerfstudio.geometry import project_points
 
@@ -235,6 +236,43 @@ def test_existing_folder_not_written_by_the_demo_is_refused(tmp_path: Path) -> N
     assert [p.name for p in precious.iterdir()] == ["notes.txt"]
     assert (precious / "notes.txt").read_text() == "keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no staging folder left
+
+
+def _demo_module() -> object:
+    """scripts/demo.py as a module (registered first: its dataclasses look their module up)."""
+    if "demo_script" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("demo_script", DEMO)
+        sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[spec.name])
+    return sys.modules["demo_script"]
+
+
+def test_a_new_run_replaces_an_earlier_demo_by_renames_only(tmp_path: Path) -> None:
+    """An earlier demo (it has summary.json) is accepted as --output and replaced whole by the staging
+    folder; nothing of either is left beside it."""
+    demo = _demo_module()
+    output, staging = tmp_path / "demo", tmp_path / ".demo.1234.tmp"
+    output.mkdir()
+    (output / "summary.json").write_text("{}")
+    (output / "stale.ply").write_text("old")
+    staging.mkdir()
+    (staging / "summary.json").write_text('{"psnr": 20}')
+    demo.validate(demo.DemoConfig(output=output, model="unused"))
+    demo._swap_in(staging, output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
+    assert sorted(p.name for p in output.iterdir()) == ["summary.json"]
+    assert json.loads((output / "summary.json").read_text()) == {"psnr": 20}
+
+
+def test_settings_without_a_held_out_view_or_preview_are_refused(tmp_path: Path) -> None:
+    demo = _demo_module()
+    for settings, message in (
+        ({"views": 2}, "--views 2"),
+        ({"views": 4, "eval_interval": 8}, "--eval-interval 8"),
+        ({"preview_width": 80}, "--preview-width 80"),  # 80x60 < 64x64
+    ):
+        with pytest.raises(InputError, match=message):
+            demo.validate(demo.DemoConfig(output=tmp_path / "out", model="unused", **settings))
 
 
 def test_demo_blend_names_a_missing_input_in_one_line(demo: tuple[Path, str], tmp_path: Path) -> None:
