@@ -205,7 +205,7 @@ def build(config: BlendConfig) -> dict:
         for warning in dataset.warnings:
             print(f"demo_blend: {warning}")
         root = dataset.root
-        root.name = DEMO_ROOT_NAME
+        root.name = root.users_collection[0].name = DEMO_ROOT_NAME
         # The splat import (root empty + its collection) moves under the dataset's root and collection.
         splats.root.parent = root
         splats.root.matrix_parent_inverse = Matrix.Identity(4)
