@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from da3_nerfstudio.formats.ply import SplatData, write_point_cloud_ply, write_splat_ply
+from da3_nerfstudio.process_exit import exit_process
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,3 +126,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    exit_process(0)  # bpy was loaded: skip its exit-time destructors, which can deadlock

@@ -38,6 +38,7 @@ from rich.table import Table
 from rich.text import Text
 
 from da3_nerfstudio.errors import CheckpointError, DA3Error, InputError
+from da3_nerfstudio.process_exit import exit_process
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -399,4 +400,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())  # bpy was loaded: skip its exit-time destructors, which can deadlock

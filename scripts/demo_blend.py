@@ -37,6 +37,7 @@ from PIL import Image
 
 from da3_nerfstudio.errors import DA3Error, InputError
 from da3_nerfstudio.formats.atomic import atomic_write
+from da3_nerfstudio.process_exit import exit_process
 
 if TYPE_CHECKING:
     import bpy
@@ -265,4 +266,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())  # bpy was loaded: skip its exit-time destructors, which can deadlock

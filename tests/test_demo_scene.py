@@ -183,6 +183,7 @@ from pathlib import Path
 import bpy  # first: bmesh and mathutils exist only once bpy is imported
 import bmesh, numpy as np
 from mathutils import Matrix
+from da3_nerfstudio.process_exit import exit_process
 ds = runpy.run_path(sys.argv[1], run_name="demo_scene")
 bpy.ops.wm.read_factory_settings(use_empty=True)
 config = ds["DemoSceneConfig"](output=Path(sys.argv[2]), width=64, height=48, samples=1, threads=1)
@@ -198,6 +199,7 @@ bpy.context.scene.camera = bpy.data.objects.new("camera", camera)  # at the orig
 bpy.context.scene.collection.objects.link(bpy.context.scene.camera)
 depth, conf = ds["depth_and_confidence"](ds["render_depth"](Path(sys.argv[2]) / "exr"))
 np.savez(Path(sys.argv[2]) / "plane.npz", depth=depth, conf=conf)
+exit_process(0)
 """
 
 

@@ -18,6 +18,7 @@ INSTALL_SCRIPT = """
 import json, sys
 import bpy
 import addon_utils
+from da3_nerfstudio.process_exit import exit_process
 zip_path = sys.argv[1]
 assert bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default",
                                                 enable_on_install=True) == {"FINISHED"}
@@ -30,6 +31,7 @@ addon_utils.disable(module, default_set=True)
 report["disabled"] = module not in bpy.context.preferences.addons
 report["unregistered"] = not hasattr(bpy.types, "DA3_OT_import_splats") and not hasattr(bpy.types, "DA3_PT_sidebar")
 print("REPORT " + json.dumps(report))
+exit_process(0)
 """
 
 
@@ -40,6 +42,7 @@ def extension_zip(tmp_path_factory) -> Path:
         [sys.executable, str(REPO / "scripts" / "build_blender_extension.py"), "--output-dir", str(out)],
         capture_output=True,
         text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return Path(result.stdout.strip().splitlines()[-1])
@@ -54,7 +57,7 @@ def test_zip_contains_the_addon_and_no_caches(extension_zip):
 def test_zip_installs_enables_and_disables_headless(extension_zip, tmp_path):
     env = {**os.environ, "BLENDER_USER_RESOURCES": str(tmp_path / "blender-user")}
     result = subprocess.run(
-        [sys.executable, "-c", INSTALL_SCRIPT, str(extension_zip)], capture_output=True, text=True, env=env
+        [sys.executable, "-c", INSTALL_SCRIPT, str(extension_zip)], capture_output=True, text=True, env=env, timeout=300
     )
     line = next((x for x in result.stdout.splitlines() if x.startswith("REPORT ")), None)
     assert result.returncode == 0 and line, result.stdout + result.stderr
@@ -87,9 +90,13 @@ def test_addon_suite_passes_on_blender5(tmp_path):
         capture_output=True,
         text=True,
         env=env,
+        timeout=1200,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     version = subprocess.run(
-        [str(BLENDER5_PYTHON), "-c", "import bpy; print(bpy.app.version[0])"], capture_output=True, text=True
+        [str(BLENDER5_PYTHON), "-c", "import bpy, os; print(bpy.app.version[0], flush=True); os._exit(0)"],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert int(version.stdout.strip().splitlines()[-1]) >= 5
