@@ -55,14 +55,15 @@ def main(
     repeats: int = 2,
     child: int = 0,
     device: str = "",
+    devices: tuple[str, ...] = (),
 ) -> None:
-    """Benchmark the network; `child` is internal (one measurement in a subprocess)."""
+    """Benchmark the network on `devices` (default: cpu, and cuda when present); `child` is internal."""
     if child:
         print(json.dumps(measure(preset, child, height, width, device, repeats)))
         return
     import torch
 
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = devices or ("cpu", *(["cuda"] if torch.cuda.is_available() else []))
     rows = []
     for dev in devices:
         for n in views:

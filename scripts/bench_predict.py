@@ -58,14 +58,15 @@ def main(
     process_res: int = 504,
     child: int = 0,
     device: str = "",
+    devices: tuple[str, ...] = (),
 ) -> None:
-    """Benchmark the predictor; `child` is internal (one measurement in a subprocess)."""
+    """Benchmark the predictor on `devices` (default: cpu, and cuda when present); `child` is internal."""
     if child:
         print(json.dumps(measure(preset, child, process_res, device)))
         return
     import torch
 
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = devices or ("cpu", *(["cuda"] if torch.cuda.is_available() else []))
     rows = []
     print(f"{preset} with RANDOM weights (timing only), process_res {process_res}")
     for dev in devices:

@@ -4,6 +4,8 @@ DA3 code on deterministic weights, loaded through ``DA3Model.from_pretrained`` f
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -48,23 +50,39 @@ def compared_arrays(data: dict[str, np.ndarray]) -> list[str]:
     return [k for k in data if k in OUTPUTS or k.startswith("gs_")]
 
 
+@pytest.fixture
+def exact_cuda_float32() -> Iterator[None]:
+    """TF32 (on by default for cuDNN convolutions) keeps 10 mantissa bits: off, as on the CPU."""
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_parity(case: str, dtype: torch.dtype, models: dict) -> None:
+def test_parity(case: str, dtype: torch.dtype, device: str, models: dict, exact_cuda_float32: None) -> None:
     spec = CASES[case]
     data = load_case(case)
     model = models[spec["model"], dtype]
-    extrinsics = torch.from_numpy(data["in_extrinsics"]).to(dtype) if "in_extrinsics" in data else None
-    intrinsics = torch.from_numpy(data["in_intrinsics"]).to(dtype) if "in_intrinsics" in data else None
+    if device != "cpu":
+        model = copy.deepcopy(model).to(device)
+    extrinsics = torch.from_numpy(data["in_extrinsics"]).to(device, dtype) if "in_extrinsics" in data else None
+    intrinsics = torch.from_numpy(data["in_intrinsics"]).to(device, dtype) if "in_intrinsics" in data else None
+    x = torch.from_numpy(data["x"]).to(device, dtype)
     with torch.inference_mode():
-        out = model(torch.from_numpy(data["x"]).to(dtype), extrinsics, intrinsics, infer_gs="gs_means" in data)
+        out = model(x, extrinsics, intrinsics, infer_gs="gs_means" in data)
     keys = compared_arrays(data)
     assert keys, f"case {case} has no outputs to compare"
     for key in keys:
         actual = out["gaussians"][key[3:]] if key.startswith("gs_") else out[OUTPUTS[key]]
         assert actual.dtype == dtype, f"{key}: computed in {actual.dtype}, expected {dtype}"
         reference = torch.from_numpy(data[key]).double()
-        error = (actual.double().reshape(reference.shape) - reference).abs().max().item()
+        error = (actual.cpu().double().reshape(reference.shape) - reference).abs().max().item()
         bound = TOLERANCE[dtype] * reference.abs().max().item()
         assert error <= bound, f"{case}/{key} ({dtype}): max error {error:.3e} > {bound:.3e}"
 

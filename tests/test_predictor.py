@@ -214,3 +214,18 @@ def test_ray_pose_path_is_deterministic(small_predictor: DA3Predictor) -> None:
     assert not np.allclose(a.intrinsics, cam.intrinsics), "ray and camera-decoder paths should differ"
     rot = a.extrinsics[:, :, :3].astype(np.float64)
     np.testing.assert_allclose(rot @ rot.transpose(0, 2, 1), np.broadcast_to(np.eye(3), rot.shape), atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_path_agrees_with_cpu(small_predictor: DA3Predictor, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """GPU check: bf16 backbone under autocast, float32 heads, background decoding: the same depth as the
+    float32 CPU run within bf16's precision (8 mantissa bits: a few per cent at most per pixel, median far less)."""
+    folder = write_checkpoint(tmp_path_factory.mktemp("ckpt-cuda") / "da3-small", "da3-small")
+    gpu = DA3Predictor(folder, device="cuda")
+    paths, _, _, _ = room()
+    reference = small_predictor.predict(paths[:4], process_res=112)
+    pred = gpu.predict(paths[:4], process_res=112)
+    assert pred.depth.dtype == np.float32 and pred.depth.shape == reference.depth.shape
+    relative = np.abs(pred.depth - reference.depth) / reference.depth
+    assert np.median(relative) < 0.01 and np.percentile(relative, 99) < 0.05, (np.median(relative), relative.max())
+    np.testing.assert_array_equal(pred.images, reference.images)

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The project's GPU checks in one run on a bare CUDA machine that already has PyTorch (no network):
+#   scripts/gpu_checks.sh OUTDIR
+# Needs: wheels of tyro (+ docstring-parser, typeguard) and gsplat==1.4.0 in .whl/ (gsplat compiles its CUDA
+# kernels on first import, a few minutes), and the room sample in $DA3_SAMPLES. Each step writes OUTDIR/<step>.log:
+# CUDA benchmarks of the network and the predictor (bf16), then the CUDA tests (network parity on CUDA, the
+# predictor's CUDA path, the pure-PyTorch rasterizer against gsplat).
+set -uo pipefail
+out=${1:?usage: scripts/gpu_checks.sh OUTDIR}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 PYTHONPATH="/tmp/site:$PWD"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl ||
+  exit 1
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc
+  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; } >"$out/machine.log" 2>&1
+
+# gsplat's JIT build runs beside the benchmarks on 12 of the 16 cores.
+(time MAX_JOBS=12 TORCH_CUDA_ARCH_LIST=9.0 python3 -c "from gsplat.cuda._backend import _C; assert _C is not None" \
+  ) >"$out/gsplat_build.log" 2>&1 &
+build=$!
+
+timeout 150 python3 scripts/bench_model.py --devices cuda --views 1 4 8 16 32 64 >"$out/bench_model.log" 2>&1
+timeout 120 python3 scripts/bench_predict.py --devices cuda >"$out/bench_predict.log" 2>&1
+timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_model_parity.py tests/test_predictor.py \
+  -k "cuda" >"$out/test_cuda.log" 2>&1
+wait "$build"
+echo "build exit $?" >>"$out/gsplat_build.log"
+timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_rasterize.py tests/test_splat_init.py \
+  >"$out/test_gsplat.log" 2>&1
+echo "done"
