@@ -1,7 +1,7 @@
 """Benchmark ``da3-splat`` against nerfstudio's splatfacto with random initialisation, and rasterizer speed.
 
 1. Quality on held-out views of room_gt (oracle geometry standing in for DA3 output, 1/4 resolution,
-   views 1 and 6 held out, see ``tests/nerfstudio/room_dataset.py``): ``ns-train da3-splat`` (its
+   views 1 and 6 held out, see ``tests/nerfstudio_method/room_dataset.py``): ``ns-train da3-splat`` (its
    defaults: splat_init Gaussians, depth prior, camera optimisation) against nerfstudio's own
    ``ns-train splatfacto --pipeline.model.random-init True`` (its defaults otherwise), with the same
    data and iteration budget. Both train at the dataset resolution (``num-downscales 0``, the one
@@ -35,7 +35,7 @@ import torch  # noqa: E402
 import tyro  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "nerfstudio"))
+sys.path.insert(0, str(REPO / "tests" / "nerfstudio_method"))
 
 from room_dataset import EVAL_VIEWS, build_room_dataset  # noqa: E402
 
