@@ -60,7 +60,17 @@ def _colour_solid_view(context: bpy.types.Context, objects: list[bpy.types.Objec
 _Z_UP_DOC = "Rotate the OpenCV world (y down, z forward) to Blender's Z-up on the import's root empty"
 
 
-class DA3_OT_import_dataset(_ImportOperator):
+class _CameraImportOperator(_ImportOperator):
+    """Shared options of the importers that create cameras (one per view, or one animated camera)."""
+
+    animated_camera: BoolProperty(name="Animated Camera", description="Add one camera keyed through all views")
+    load_images: BoolProperty(name="Image Backgrounds", default=True)
+
+    def camera_options(self) -> dict[str, bool]:
+        return {"z_up": self.z_up, "animated": self.animated_camera, "load_images": self.load_images}
+
+
+class DA3_OT_import_dataset(_CameraImportOperator):
     """Import cameras (and points) from a da3-process-data folder or a nerfstudio transforms.json"""
 
     bl_idname = "da3.import_dataset"
@@ -68,22 +78,14 @@ class DA3_OT_import_dataset(_ImportOperator):
     filename_ext = ".json"
     filter_glob: StringProperty(default="*.json", options={"HIDDEN"})
     z_up: BoolProperty(name="Z-Up", description=_Z_UP_DOC, default=False)
-    animated_camera: BoolProperty(name="Animated Camera", description="Add one camera keyed through all views")
-    load_images: BoolProperty(name="Image Backgrounds", default=True)
     import_points: BoolProperty(name="Point Cloud", description="Import the dataset's ply_file_path", default=True)
 
     def run(self, context: bpy.types.Context) -> importers.ImportResult:
-        return importers.import_dataset(
-            context.scene,
-            self.filepath,
-            z_up=self.z_up,
-            animated=self.animated_camera,
-            load_images=self.load_images,
-            import_points=self.import_points,
-        )
+        options = self.camera_options()
+        return importers.import_dataset(context.scene, self.filepath, import_points=self.import_points, **options)
 
 
-class DA3_OT_import_colmap(_ImportOperator):
+class DA3_OT_import_colmap(_CameraImportOperator):
     """Import cameras and sparse points of a COLMAP model (bin or txt)"""
 
     bl_idname = "da3.import_colmap"
@@ -91,22 +93,14 @@ class DA3_OT_import_colmap(_ImportOperator):
     filename_ext = ".bin"
     filter_glob: StringProperty(default="*.bin;*.txt", options={"HIDDEN"})
     z_up: BoolProperty(name="Z-Up", description=_Z_UP_DOC, default=True)
-    animated_camera: BoolProperty(name="Animated Camera", description="Add one camera keyed through all views")
-    load_images: BoolProperty(name="Image Backgrounds", default=True)
     import_points: BoolProperty(name="Point Cloud", default=True)
 
     def run(self, context: bpy.types.Context) -> importers.ImportResult:
-        return importers.import_colmap(
-            context.scene,
-            self.filepath,
-            z_up=self.z_up,
-            animated=self.animated_camera,
-            load_images=self.load_images,
-            import_points=self.import_points,
-        )
+        options = self.camera_options()
+        return importers.import_colmap(context.scene, self.filepath, import_points=self.import_points, **options)
 
 
-class DA3_OT_import_predictions(_ImportOperator):
+class DA3_OT_import_predictions(_CameraImportOperator):
     """Import the cameras, images, Gaussians and (optionally) depth points of a DA3 predictions npz"""
 
     bl_idname = "da3.import_predictions"
@@ -114,8 +108,6 @@ class DA3_OT_import_predictions(_ImportOperator):
     filename_ext = ".npz"
     filter_glob: StringProperty(default="*.npz", options={"HIDDEN"})
     z_up: BoolProperty(name="Z-Up", description=_Z_UP_DOC, default=True)
-    animated_camera: BoolProperty(name="Animated Camera", description="Add one camera keyed through all views")
-    load_images: BoolProperty(name="Image Backgrounds", default=True)
     depth_points: BoolProperty(name="Depth Points", description="Back-project every depth map now", default=False)
     stride: IntProperty(name="Pixel Stride", default=2, min=1, max=64)
     splats: BoolProperty(
@@ -126,12 +118,10 @@ class DA3_OT_import_predictions(_ImportOperator):
         return importers.import_predictions(
             context.scene,
             self.filepath,
-            z_up=self.z_up,
-            animated=self.animated_camera,
-            load_images=self.load_images,
             depth_points=self.depth_points,
             stride=self.stride,
             splats=self.splats,
+            **self.camera_options(),
         )
 
 
