@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 $(B5STAMP): pyproject.toml
 	@if [ -n "$(PY313)" ]; then \
 		$(PY313) -m venv $(B5) && $(B5)/bin/python -m pip install --quiet --upgrade pip && \
-		$(B5)/bin/python -m pip install --quiet 'bpy==5.3.*' numpy pytest plyfile pycolmap pillow \
+		$(B5)/bin/python -m pip install --quiet 'bpy==5.3.*' numpy pytest pytest-timeout plyfile pycolmap pillow \
 			opencv-python-headless && touch $(B5STAMP); \
 	else echo "python3.13 not found: the Blender 5.x add-on tests will be skipped"; fi
 
