@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import resource
-import subprocess
 import sys
 import time
 
 import tyro
+from bench_common import peak_memory, run_child
 
 
 def measure(preset: str, views: int, height: int, width: int, device: str, repeats: int) -> dict:
@@ -38,13 +38,7 @@ def measure(preset: str, views: int, height: int, width: int, device: str, repea
             if device == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
-    result = {"views": views, "seconds": min(times[1:]), "device": device}
-    if device == "cuda":
-        result["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        result["gpu"] = torch.cuda.get_device_name()
-    else:
-        result["peak_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024
-    return result
+    return {"views": views, "seconds": min(times[1:]), "device": device, **peak_memory(device, base_rss)}
 
 
 def main(
@@ -69,8 +63,7 @@ def main(
         for n in views:
             cmd = [sys.executable, __file__, "--preset", preset, "--child", str(n), "--height", str(height),
                    "--width", str(width), "--repeats", str(repeats), "--device", dev]  # fmt: skip
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            rows.append(json.loads(out.strip().splitlines()[-1]))
+            rows.append(run_child(cmd))
             r = rows[-1]
             print(f"{preset} {dev:4s} {width}x{height} views={n:3d}  {r['seconds']:8.3f} s  "
                   f"{r['seconds'] / n * 1000:8.1f} ms/view  peak {r['peak_mb']:9.1f} MB", flush=True)  # fmt: skip

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import tyro
+from bench_common import peak_memory, run_child
 
 SAMPLES = Path(os.environ.get("DA3_SAMPLES", Path(__file__).resolve().parents[2] / "shared" / "samples"))
 
@@ -44,12 +44,7 @@ def measure(preset: str, views: int, process_res: int, device: str) -> dict:
         torch.cuda.synchronize()
     total = time.perf_counter() - start
     result = {"views": views, "seconds": total, "images_per_s": views / total, "preprocess_share": pre / total}
-    if device == "cuda":
-        result["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        result["gpu"] = torch.cuda.get_device_name()
-    else:
-        result["peak_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024
-    return result
+    return result | peak_memory(device, base_rss)
 
 
 def main(
@@ -73,8 +68,7 @@ def main(
         for n in views:
             cmd = [sys.executable, __file__, "--preset", preset, "--child", str(n), "--process-res",
                    str(process_res), "--device", dev]  # fmt: skip
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            rows.append({**json.loads(out.strip().splitlines()[-1]), "device": dev})
+            rows.append({**run_child(cmd), "device": dev})
             r = rows[-1]
             share = 100 * r["preprocess_share"]
             print(f"{dev:4s} views={n:3d}  {r['seconds']:8.2f} s  {r['images_per_s']:7.2f} img/s  "
