@@ -4,6 +4,7 @@
 so the no-weights path is the one exercised: the dataset must come from the rendered ground truth and
 say so. Every artefact is then read by a real consumer (pycolmap, the project's PLY reader, bpy opening
 the ``.blend``) and compared with ``scene/ground_truth.npz``, the renderer's own cameras and depth.
+A second, shorter run takes the network branch with the parity fixture's (untrained) checkpoint.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -224,6 +226,32 @@ def test_preview_is_the_held_out_view(demo: tuple[Path, str], truth: dict) -> No
         if (dx, dy) != (0, 0)
     ]
     assert _correlation(centre, photo[m:-m, m:-m]) > max(shifted), shifted
+
+
+def test_with_weights_the_network_gives_the_geometry(tmp_path: Path) -> None:
+    """The DA3 branch: with a checkpoint folder the dataset comes from the network and is labelled DA3.
+
+    The weights are the parity fixture's deterministic, UNTRAINED ones (no trained weights can be
+    downloaded here): this proves the plumbing only, and the depth is expected to be far from the truth."""
+    from da3_fixtures import write_checkpoint
+
+    checkpoint = write_checkpoint(tmp_path / "da3-small", "da3-small")
+    out = tmp_path / "demo"
+    settings = list(QUICK)
+    settings[settings.index("--iterations") + 1] = "10"  # the training itself is checked by the run above
+    proc = _run([str(DEMO), "--output", str(out), "--model", str(checkpoint), *settings], timeout=900)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "DA3 weights not used" not in log and "GROUND TRUTH" not in log
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ground_truth_geometry"] is False and summary["geometry"] == f"DA3 ({checkpoint})"
+    assert json.loads((out / "dataset" / "da3" / "dataset.json").read_text())["model"] == "da3-small"
+    with np.load(out / "scene" / "ground_truth.npz") as data:
+        true_depth = data["depth"][0]
+    depth = np.load(out / "dataset" / "depths" / "frame_00001.npy")  # at the network's resolution
+    true_depth = cv2.resize(true_depth, depth.shape[::-1], interpolation=cv2.INTER_NEAREST)
+    assert np.isfinite(depth).all() and not np.allclose(depth, true_depth, rtol=1e-2)
+    assert (out / "demo.blend").is_file() and (out / "splat.ply").is_file()
 
 
 def test_existing_folder_not_written_by_the_demo_is_refused(tmp_path: Path) -> None:
