@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import bpy
 import numpy as np
 from mathutils import Matrix
@@ -54,6 +56,25 @@ def tagged_datablock(collection: bpy.types.bpy_prop_collection, tag: str, versio
 def tag_datablock(data: bpy.types.ID, tag: str, version: int) -> None:
     """Mark a shared datablock so later imports reuse it while its layout version matches."""
     data["da3_tag"], data["da3_version"] = tag, version
+
+
+def shape_object(tag: str, version: int, build: Callable[[bpy.types.Mesh], None], colour_name: str) -> bpy.types.Object:
+    """A mesh object outside any scene that geometry nodes instance on every point (built once, tagged).
+
+    Its mesh names ``colour_name`` as active and default colour without storing it: realising instances
+    copies these names from the instanced mesh, and the realised colour comes from the points. Geometry made
+    inside a node tree carries no names, and Workbench (Solid view) would then draw it black or white.
+    """
+    obj = tagged_datablock(bpy.data.objects, tag, version)
+    if obj is not None:
+        return obj
+    mesh = bpy.data.meshes.new(tag)
+    build(mesh)
+    mesh.attributes.active_color_name = colour_name
+    mesh.attributes.default_color_name = colour_name
+    obj = bpy.data.objects.new(tag, mesh)
+    tag_datablock(obj, tag, version)
+    return obj
 
 
 def set_attribute(data: bpy.types.ID, name: str, kind: str, values: np.ndarray) -> bpy.types.Attribute:

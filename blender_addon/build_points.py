@@ -23,7 +23,14 @@ from __future__ import annotations
 import bpy
 import numpy as np
 
-from .build_common import node_material, set_attribute, srgb_to_linear, tag_datablock, tagged_datablock
+from .build_common import (
+    node_material,
+    set_attribute,
+    shape_object,
+    srgb_to_linear,
+    tag_datablock,
+    tagged_datablock,
+)
 from .scene_data import PointData
 
 POINTS_GROUP = "DA3 Points"
@@ -73,22 +80,10 @@ def set_active_color(mesh: bpy.types.Mesh, name: str) -> None:
 
 
 def point_shape_object() -> bpy.types.Object:
-    """The unit tetrahedron instanced on every point (an object outside any scene, used by the nodes).
-
-    Its mesh names ``Col`` as active and default colour without storing it: realising instances copies
-    these names from the instanced mesh, and the realised ``Col`` comes from the points. Geometry made
-    inside the node tree would carry no names, and Workbench would then draw the points black or white.
-    """
-    obj = tagged_datablock(bpy.data.objects, POINT_SHAPE, _SHAPE_VERSION)
-    if obj is not None:
-        return obj
-    mesh = bpy.data.meshes.new(POINT_SHAPE)
-    mesh.from_pydata(_TETRA_VERTICES, [], _TETRA_FACES)
-    mesh.attributes.active_color_name = COLOR_ATTRIBUTE
-    mesh.attributes.default_color_name = COLOR_ATTRIBUTE
-    obj = bpy.data.objects.new(POINT_SHAPE, mesh)
-    tag_datablock(obj, POINT_SHAPE, _SHAPE_VERSION)
-    return obj
+    """The unit tetrahedron instanced on every point (see :func:`build_common.shape_object` for why an object)."""
+    return shape_object(
+        POINT_SHAPE, _SHAPE_VERSION, lambda mesh: mesh.from_pydata(_TETRA_VERTICES, [], _TETRA_FACES), COLOR_ATTRIBUTE
+    )
 
 
 def points_node_group() -> bpy.types.NodeTree:
@@ -200,12 +195,14 @@ def _uses_input_structs(mod: bpy.types.NodesModifier) -> bool:
 
 
 def set_modifier_input(mod: bpy.types.NodesModifier, name: str, value: object) -> None:
-    """Set a geometry-nodes modifier input by its interface name."""
+    """Set a geometry-nodes modifier input by its interface name, and re-evaluate the object (an ID
+    property write, unlike a UI edit, tags nothing)."""
     key = _input_identifier(mod, name)
     if _uses_input_structs(mod):
         getattr(mod.properties.inputs, key).value = value
     else:
         mod[key] = value
+    mod.id_data.update_tag()
 
 
 def get_modifier_input(mod: bpy.types.NodesModifier, name: str) -> object:

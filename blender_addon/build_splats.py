@@ -1,7 +1,9 @@
 """Gaussian splats: native GAUSSIAN_SPLAT point clouds on Blender 5.3+, ellipsoids on 4.2-5.2.
 
-The ellipsoid path instances an ico sphere per splat (geometry nodes, left unrealised so Cycles
-instances it cheaply), scaled to ``EXTENT_SIGMA`` standard deviations along the splat axes. Its material
+The ellipsoid path instances an ico sphere per splat (geometry nodes), scaled to ``EXTENT_SIGMA`` standard
+deviations along the splat axes. Up to ``SOLID_COLOURS_MAX_SPLATS`` splats the instances are realised
+("Solid Colours", switchable in the DA3 panel) so that Solid view shows their colours; above, they stay
+instances, which Cycles and EEVEE draw cheaply but Solid view draws in one colour. Its material
 fades alpha with a Gaussian in the silhouette radius: on a unit sphere seen along I, a surface point with
 normal N lies at projected radius sqrt(1 - (N.I)^2), so alpha = opacity * exp(-0.5 k^2 (1 - (N.I)^2)).
 """
@@ -15,20 +17,32 @@ from .build_common import (
     has_native_point_cloud_resize,
     node_material,
     set_attribute,
+    shape_object,
     srgb_to_linear,
     tag_datablock,
     tagged_datablock,
 )
-from .build_points import COLOR_ATTRIBUTE, new_point_object, set_active_color, set_modifier_input
+from .build_points import (
+    COLOR_ATTRIBUTE,
+    SOLID_COLOURS_INPUT,
+    new_point_object,
+    set_active_color,
+    set_modifier_input,
+)
 from .scene_data import SplatData
 
 SH_C0 = 0.28209479177387814  # Y_0^0: 3DGS colour = SH_C0 * f_dc + 0.5 (before any sRGB decoding)
 EXTENT_SIGMA = 3.0
 SPLAT_GROUP = "DA3 Splat Ellipsoids"
+SPLAT_SHAPE = "DA3 Splat Shape"
 SPLAT_MATERIAL = "DA3 Splat"
 MODIFIER_NAME = "DA3 Splats"
 MIN_OPACITY_INPUT = "Min Opacity"
-_GROUP_VERSION = 3
+_GROUP_VERSION = 4
+_MATERIAL_VERSION = 2
+#: Realised ellipsoids have 42 vertices each: 50k splats make a 2.1M-vertex mesh, about the size of the
+#: 300k realised point tetrahedra (build_points.SOLID_COLOURS_MAX_POINTS).
+SOLID_COLOURS_MAX_SPLATS = 50_000
 # Raw SH the ellipsoids do not draw: dropped inside the node tree before any node copies the points, which
 # halves the evaluation time of an SH3 cloud (the object keeps them).
 _UNDRAWN_ATTRIBUTES = (("WILDCARD", "sh_rest_*"), ("EXACT", "f_dc"))
@@ -98,12 +112,33 @@ def _ellipsoids(name: str, splats: SplatData, act: dict, collection: bpy.types.C
     mod = obj.modifiers.new(MODIFIER_NAME, "NODES")
     mod.node_group = splat_node_group()
     set_modifier_input(mod, "Material", mat)
+    set_modifier_input(mod, SOLID_COLOURS_INPUT, n <= SOLID_COLOURS_MAX_SPLATS)
     return obj
+
+
+def has_splat_colours(obj: bpy.types.Object) -> bool:
+    """Whether ``obj`` is an ellipsoid splat import (whose colours Solid view shows with Solid Colours on)."""
+    return MODIFIER_NAME in obj.modifiers and obj.type == "MESH" and COLOR_ATTRIBUTE in obj.data.color_attributes
+
+
+def _build_ico_sphere(mesh: bpy.types.Mesh) -> None:
+    """Unit ico sphere, 2 subdivisions (42 vertices), flat faces as the node tree's own sphere had."""
+    import bmesh
+
+    bm = bmesh.new()
+    bmesh.ops.create_icosphere(bm, subdivisions=2, radius=1.0)
+    bm.to_mesh(mesh)
+    bm.free()
+
+
+def splat_shape_object() -> bpy.types.Object:
+    """The unit ico sphere instanced on every splat (an object, so realised splats keep the colour names)."""
+    return shape_object(SPLAT_SHAPE, 1, _build_ico_sphere, COLOR_ATTRIBUTE)
 
 
 def splat_node_group() -> bpy.types.NodeTree:
     """Geometry nodes: vertices without raw SH -> ico-sphere instances rotated by ``rotation``, scaled by
-    k * ``scale``."""
+    k * ``scale``, realised when the ``Solid Colours`` input is on."""
     group = tagged_datablock(bpy.data.node_groups, SPLAT_GROUP, _GROUP_VERSION)
     if group is not None:
         return group
@@ -113,6 +148,8 @@ def splat_node_group() -> bpy.types.NodeTree:
     iface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
     min_opacity = iface.new_socket(MIN_OPACITY_INPUT, in_out="INPUT", socket_type="NodeSocketFloat")
     min_opacity.default_value, min_opacity.min_value, min_opacity.max_value = 0.02, 0.0, 1.0
+    solid = iface.new_socket(SOLID_COLOURS_INPUT, in_out="INPUT", socket_type="NodeSocketBool")
+    solid.description = "Realise the ellipsoids so Solid view shows their colours (off: lighter instances)"
     iface.new_socket("Material", in_out="INPUT", socket_type="NodeSocketMaterial")
     iface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
     nodes, link = group.nodes, group.links.new
@@ -125,9 +162,8 @@ def splat_node_group() -> bpy.types.NodeTree:
     faint.data_type, faint.operation = "FLOAT", "LESS_THAN"
     delete = nodes.new("GeometryNodeDeleteGeometry")
     delete.domain = "POINT"
-    sphere = nodes.new("GeometryNodeMeshIcoSphere")
-    sphere.inputs["Radius"].default_value = 1.0
-    sphere.inputs["Subdivisions"].default_value = 2
+    sphere = nodes.new("GeometryNodeObjectInfo")
+    sphere.inputs["Object"].default_value = splat_shape_object()
     set_material = nodes.new("GeometryNodeSetMaterial")
     rotation = nodes.new("GeometryNodeInputNamedAttribute")
     rotation.data_type = "QUATERNION"
@@ -139,6 +175,9 @@ def splat_node_group() -> bpy.types.NodeTree:
     extent.operation = "SCALE"
     extent.inputs["Scale"].default_value = EXTENT_SIGMA
     instance = nodes.new("GeometryNodeInstanceOnPoints")
+    realize = nodes.new("GeometryNodeRealizeInstances")
+    switch = nodes.new("GeometryNodeSwitch")
+    switch.input_type = "GEOMETRY"
     geometry = g_in.outputs[0]
     for mode, pattern in _UNDRAWN_ATTRIBUTES:
         remove = nodes.new("GeometryNodeRemoveAttribute")
@@ -151,28 +190,33 @@ def splat_node_group() -> bpy.types.NodeTree:
     link(g_in.outputs[MIN_OPACITY_INPUT], faint.inputs[1])
     link(to_points.outputs[0], delete.inputs["Geometry"])
     link(faint.outputs[0], delete.inputs["Selection"])
-    link(sphere.outputs["Mesh"], set_material.inputs["Geometry"])
+    link(sphere.outputs["Geometry"], set_material.inputs["Geometry"])
     link(g_in.outputs["Material"], set_material.inputs["Material"])
     link(scale.outputs["Attribute"], extent.inputs[0])
     link(delete.outputs[0], instance.inputs["Points"])
     link(set_material.outputs[0], instance.inputs["Instance"])
     link(rotation.outputs["Attribute"], instance.inputs["Rotation"])
     link(extent.outputs["Vector"], instance.inputs["Scale"])
-    link(instance.outputs[0], g_out.inputs[0])
+    link(instance.outputs[0], realize.inputs[0])
+    link(g_in.outputs[SOLID_COLOURS_INPUT], switch.inputs["Switch"])
+    link(instance.outputs[0], switch.inputs["False"])
+    link(realize.outputs[0], switch.inputs["True"])
+    link(switch.outputs[0], g_out.inputs[0])
     return group
 
 
 def splat_material() -> bpy.types.Material:
     """Emission of the splat colour, mixed with transparency by opacity times the Gaussian falloff.
 
-    Per-splat values come from the instancer (the point the ellipsoid was instanced on); back faces
-    are transparent so each splat is counted once.
+    Per-splat values come from the instancer (the point the ellipsoid was instanced on) or, once realised,
+    from the ellipsoid's own vertices: each lookup finds nothing (zero) where the other finds the value, so
+    their sum serves both. Back faces are transparent so each splat is counted once.
     """
-    mat = tagged_datablock(bpy.data.materials, SPLAT_MATERIAL, 1)
+    mat = tagged_datablock(bpy.data.materials, SPLAT_MATERIAL, _MATERIAL_VERSION)
     if mat is not None:
         return mat
     mat = node_material(SPLAT_MATERIAL)
-    tag_datablock(mat, SPLAT_MATERIAL, 1)
+    tag_datablock(mat, SPLAT_MATERIAL, _MATERIAL_VERSION)
     mat.use_backface_culling = True
     if "surface_render_method" in mat.bl_rna.properties:
         mat.surface_render_method = "DITHERED"
@@ -191,10 +235,18 @@ def splat_material() -> bpy.types.Material:
                 socket.default_value = value
         return node
 
-    color = nodes.new("ShaderNodeAttribute")
-    color.attribute_type, color.attribute_name = "INSTANCER", COLOR_ATTRIBUTE
-    opacity = nodes.new("ShaderNodeAttribute")
-    opacity.attribute_type, opacity.attribute_name = "INSTANCER", "opacity"
+    def attribute(name: str, output: str, add: bpy.types.Node) -> bpy.types.NodeSocket:
+        """``name`` from the instancer plus ``name`` from the geometry (one of them is zero)."""
+        for slot, kind in enumerate(("INSTANCER", "GEOMETRY")):
+            node = nodes.new("ShaderNodeAttribute")
+            node.attribute_type, node.attribute_name = kind, name
+            link(node.outputs[output], add.inputs[slot])
+        return add.outputs[0]
+
+    colour_sum = nodes.new("ShaderNodeVectorMath")
+    colour_sum.operation = "ADD"
+    color = attribute(COLOR_ATTRIBUTE, "Vector", colour_sum)
+    opacity = attribute("opacity", "Fac", math("ADD", None))
     geometry = nodes.new("ShaderNodeNewGeometry")
     facing = nodes.new("ShaderNodeVectorMath")
     facing.operation = "DOT_PRODUCT"
@@ -204,9 +256,9 @@ def splat_material() -> bpy.types.Material:
     radius2 = math("SUBTRACT", 1.0, cos2.outputs[0])
     falloff = math("EXPONENT", math("MULTIPLY", radius2.outputs[0], -0.5 * EXTENT_SIGMA**2).outputs[0])
     front = math("SUBTRACT", 1.0, geometry.outputs["Backfacing"])
-    alpha = math("MULTIPLY", math("MULTIPLY", falloff.outputs[0], opacity.outputs["Fac"]).outputs[0], front.outputs[0])
+    alpha = math("MULTIPLY", math("MULTIPLY", falloff.outputs[0], opacity).outputs[0], front.outputs[0])
     emission = nodes.new("ShaderNodeEmission")
-    link(color.outputs["Color"], emission.inputs["Color"])
+    link(color, emission.inputs["Color"])
     transparent = nodes.new("ShaderNodeBsdfTransparent")
     mix = nodes.new("ShaderNodeMixShader")
     link(alpha.outputs[0], mix.inputs["Fac"])

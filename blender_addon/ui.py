@@ -62,6 +62,7 @@ class DA3_PT_sidebar(bpy.types.Panel):
             if build_splats.MODIFIER_NAME in obj.modifiers:
                 mod = obj.modifiers[build_splats.MODIFIER_NAME]
                 build_points.draw_modifier_input(box, mod, build_splats.MIN_OPACITY_INPUT)
+                build_points.draw_modifier_input(box, mod, build_points.SOLID_COLOURS_INPUT)
             if obj.get(importers.NPZ_KEY):
                 box.operator(operators.DA3_OT_backproject_depth.bl_idname, icon="POINTCLOUD_DATA")
         layout.operator(operators.DA3_OT_export_cameras.bl_idname, icon="EXPORT")

@@ -5,8 +5,9 @@ fresh factory scene (read + build, as a user triggers it). The operator's time i
 geometry-nodes evaluation, which Blender runs before the operator returns. Points are imported with the
 default Solid Colours choice (automatic: point primitives at 1M), with Solid Colours forced on
 (tetrahedra whose colours Solid view shows; no target) and forced on at the automatic limit (the largest
-cloud that starts with it, target 1 s). A re-evaluation of each output (what every threshold/radius
-change costs) is timed on its own. Prints a table; the last line is JSON.
+cloud that starts with it, target 1 s); splats also at their Solid Colours limit (realised ellipsoids;
+no target). A re-evaluation of each output (what every threshold/radius/opacity change costs) is timed on
+its own. Prints a table; the last line is JSON.
 
     .venv/bin/python scripts/bench_blender.py [--count 1000000] [--repeats 3]
 """
@@ -28,7 +29,7 @@ from da3_nerfstudio.process_exit import exit_process
 REPO = Path(__file__).resolve().parents[1]
 
 
-def write_inputs(folder: Path, n: int, n_limit: int) -> dict[str, Path]:
+def write_inputs(folder: Path, n: int, n_limit: int, n_splat_limit: int) -> dict[str, Path]:
     rng = np.random.default_rng(0)
     points = rng.normal(size=(n, 3)).astype(np.float32)
     colours = rng.integers(0, 256, (n, 3), dtype=np.uint8)
@@ -47,18 +48,19 @@ def write_inputs(folder: Path, n: int, n_limit: int) -> dict[str, Path]:
         )
         paths[f"splats_sh{degree}"] = folder / f"splats_sh{degree}.ply"
         write_splat_ply(paths[f"splats_sh{degree}"], splats)
+    paths["splats_limit"] = folder / "splats_limit.ply"
+    write_splat_ply(paths["splats_limit"], SplatData(**{k: v[:n_splat_limit] for k, v in vars(splats).items()}))
     return paths
 
 
-def time_point_evaluation(bpy: object) -> dict[str, float]:
-    """Seconds to evaluate the imported cloud's modifier with Solid Colours on, then off."""
-    from da3_blender.build_points import MODIFIER_NAME, SOLID_COLOURS_INPUT, set_modifier_input
+def time_evaluation(bpy: object, modifier: str, outputs: dict[str, bool]) -> dict[str, float]:
+    """Seconds to evaluate the imported object's modifier with Solid Colours set as ``outputs`` says."""
+    from da3_blender.build_points import SOLID_COLOURS_INPUT, set_modifier_input
 
-    obj = next(o for o in bpy.context.scene.objects if MODIFIER_NAME in o.modifiers)
+    obj = next(o for o in bpy.context.scene.objects if modifier in o.modifiers)
     seconds = {}
-    for output, solid in (("tetrahedra", True), ("primitives", False)):
-        set_modifier_input(obj.modifiers[MODIFIER_NAME], SOLID_COLOURS_INPUT, solid)
-        obj.update_tag()
+    for output, solid in outputs.items():
+        set_modifier_input(obj.modifiers[modifier], SOLID_COLOURS_INPUT, solid)
         start = time.perf_counter()
         bpy.context.evaluated_depsgraph_get().update()
         seconds[output] = time.perf_counter() - start
@@ -82,18 +84,25 @@ def main() -> None:
 
         addon_utils.enable("da3_blender", default_set=True)
         from da3_blender.build_points import SOLID_COLOURS_MAX_POINTS
+        from da3_blender.build_splats import SOLID_COLOURS_MAX_SPLATS
 
         limit = min(SOLID_COLOURS_MAX_POINTS, args.count)
-        paths = write_inputs(tmp_path, args.count, limit)
+        splat_limit = min(SOLID_COLOURS_MAX_SPLATS, args.count)
+        paths = write_inputs(tmp_path, args.count, limit, splat_limit)
         cases = [
             ("points", "import_points", paths["points"], 1.0, {}),
             ("points_solid", "import_points", paths["points"], None, {"solid_colours": "ON"}),
             ("points_solid_limit", "import_points", paths["limit"], 1.0, {"solid_colours": "ON"}),
             ("splats_sh0", "import_splats", paths["splats_sh0"], 2.0, {}),
             ("splats_sh3", "import_splats", paths["splats_sh3"], 2.0, {}),
+            ("splats_solid_limit", "import_splats", paths["splats_limit"], None, {}),
         ]
         results = {}
-        evaluations: dict[str, list[float]] = {"tetrahedra": [], "primitives": []}
+        evaluated = {
+            "points_solid": ("DA3 Points", {"tetrahedra": True, "primitives": False}),
+            "splats_solid_limit": ("DA3 Splats", {"realised splats": True, "splat instances": False}),
+        }
+        evaluations: dict[str, list[float]] = {o: [] for _, outputs in evaluated.values() for o in outputs}
         for name, operator_name, path, target, options in cases:
             times = []
             for _ in range(args.repeats):
@@ -103,12 +112,15 @@ def main() -> None:
                 start = time.perf_counter()
                 assert operator(filepath=str(path), **options) == {"FINISHED"}
                 times.append(time.perf_counter() - start)
-                if name == "points_solid":
-                    for output, seconds in time_point_evaluation(bpy).items():
+                if name in evaluated:
+                    for output, seconds in time_evaluation(bpy, *evaluated[name]).items():
                         evaluations[output].append(seconds)
             results[name] = {"best_s": min(times), "target_s": target, "mb": path.stat().st_size / 1e6}
 
-    print(f"bpy {bpy.app.version_string}, {args.count:,} elements ({limit:,} at the limit), best of {args.repeats}")
+    print(
+        f"bpy {bpy.app.version_string}, {args.count:,} elements ({limit:,} points and {splat_limit:,} splats at the "
+        f"Solid Colours limits), best of {args.repeats}"
+    )
     print(f"{'import':<19} {'file MB':>8} {'best s':>8} {'target s':>9}  ok")
     for name, r in results.items():
         if r["target_s"] is None:
@@ -117,10 +129,11 @@ def main() -> None:
         ok = "yes" if r["best_s"] <= r["target_s"] else "NO"
         print(f"{name:<19} {r['mb']:>8.1f} {r['best_s']:>8.3f} {r['target_s']:>9.1f}  {ok}")
     for output, seconds in evaluations.items():
-        print(f"points geometry-nodes evaluation ({output}): best {min(seconds):.3f} s")
+        print(f"geometry-nodes evaluation ({output}): best {min(seconds):.3f} s")
     summary = {"blender": bpy.app.version_string, "count": args.count, "solid_colours_limit": limit}
+    summary["splat_solid_colours_limit"] = splat_limit
     summary.update({f"{name}_s": round(r["best_s"], 4) for name, r in results.items()})
-    summary.update({f"points_eval_{output}_s": round(min(s), 4) for output, s in evaluations.items()})
+    summary.update({f"eval_{output.replace(' ', '_')}_s": round(min(s), 4) for output, s in evaluations.items()})
     print(json.dumps(summary))
 
 

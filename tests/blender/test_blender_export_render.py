@@ -199,12 +199,50 @@ def test_cycles_render_of_imported_scene_is_not_empty(addon, tmp_path):
     assert right[1] > 0.5 and right[0] < 0.2, right
 
 
-def test_eevee_render_shows_splat_colours(addon, tmp_path):
+def _set_solid_colours(on: bool) -> None:
+    """Solid Colours of the imported splats (native 5.3 splats have no such switch: nothing to set)."""
+    from da3_blender.build_points import SOLID_COLOURS_INPUT, set_modifier_input
+    from da3_blender.build_splats import MODIFIER_NAME
+
+    for obj in bpy.data.objects:
+        if MODIFIER_NAME in obj.modifiers:
+            set_modifier_input(obj.modifiers[MODIFIER_NAME], SOLID_COLOURS_INPUT, on)
+
+
+@pytest.mark.parametrize("solid_colours", [True, False], ids=["realised", "instances"])
+def test_solid_view_shows_splat_colours_with_solid_colours_on(addon, tmp_path, solid_colours):
+    """Workbench (Solid view's engine), Attribute colouring: realised ellipsoids show red left and blue right;
+    as instances they are drawn uncoloured, which is why the switch exists. The import itself sets Solid
+    view to Attribute colouring."""
+    from da3_blender.build_common import has_native_point_cloud_resize
+
+    if has_native_point_cloud_resize():
+        pytest.skip("native Gaussian splats (Blender 5.3+) are drawn by Blender itself")
+    views = [a.spaces.active for a in bpy.context.screen.areas if a.type == "VIEW_3D"]
+    _import_render_scene(tmp_path, right_splats=True)
+    assert views and all(v.shading.color_type == "VERTEX" for v in views)
+    _set_solid_colours(solid_colours)
+    scene = bpy.context.scene
+    scene.render.engine = "BLENDER_WORKBENCH"
+    scene.display.shading.color_type = "VERTEX"
+    _, left, right = _render_halves(tmp_path)
+    if solid_colours:
+        # Studio lighting adds white specular highlights on the spheres: colour dominates threefold, not more.
+        assert left[0] > 0.5 and left[0] > 3 * max(left[1], left[2]), left
+        assert right[2] > 0.5 and right[2] > 3 * max(right[0], right[1]), right
+    else:
+        np.testing.assert_allclose(left, left.mean(), atol=0.02)  # grey, not red
+
+
+@pytest.mark.parametrize("solid_colours", [True, False], ids=["realised", "instances"])
+def test_eevee_render_shows_splat_colours(addon, tmp_path, solid_colours):
     """64x64 EEVEE (Next on 4.2-4.5) render through an imported camera: red splats left, blue right.
 
-    The splat material reads colour and opacity from the instancer; EEVEE must see both per splat.
+    The splat material reads colour and opacity from the instancer or, realised (Solid Colours), from the
+    ellipsoids' own vertices; EEVEE must see both per splat either way.
     """
     _import_render_scene(tmp_path, right_splats=True)
+    _set_solid_colours(solid_colours)
     scene = bpy.context.scene
     engines = {item.identifier for item in scene.render.bl_rna.properties["engine"].enum_items}
     scene.render.engine = "BLENDER_EEVEE_NEXT" if "BLENDER_EEVEE_NEXT" in engines else "BLENDER_EEVEE"

@@ -422,33 +422,54 @@ def test_native_splats_match_blenders_own_ply_importer(addon, tmp_path):
 
 
 @pytest.mark.skipif(NATIVE_SPLATS, reason="ellipsoid instancing is the path without native splats")
-def test_ellipsoid_instances_carry_rotation_and_scale(addon, tmp_path):
+@pytest.mark.parametrize("solid_colours", [False, True], ids=["instances", "realised"])
+def test_ellipsoids_carry_rotation_and_scale(addon, tmp_path, solid_colours):
+    """Each splat is an ico sphere scaled to EXTENT_SIGMA standard deviations along its rotated axes: as an
+    instance (its matrix), or realised for Solid view (every vertex v has |S^-1 R^T (v - mean)| = 1)."""
+    from da3_blender.build_points import SOLID_COLOURS_INPUT, get_modifier_input, set_modifier_input
+    from da3_blender.build_splats import EXTENT_SIGMA, MODIFIER_NAME
+    from mathutils import Quaternion
+
     splats = random_splats(50, 0, seed=5)
     splats.opacity_logit[:] = 4.0  # all above the default minimum opacity
     path = tmp_path / "s.ply"
     write_splat_ply(path, splats)
     bpy.ops.da3.import_splats(filepath=str(path), z_up=False)
     obj = only_object()
+    mod = obj.modifiers[MODIFIER_NAME]
+    assert get_modifier_input(mod, SOLID_COLOURS_INPUT), "50 splats start with Solid Colours on"
+    set_modifier_input(mod, SOLID_COLOURS_INPUT, solid_colours)
     depsgraph = bpy.context.evaluated_depsgraph_get()
-    from da3_blender.build_splats import EXTENT_SIGMA
-    from mathutils import Quaternion
-
+    rotations = splats.rotations / np.linalg.norm(splats.rotations, axis=1, keepdims=True)
+    extents = EXTENT_SIGMA * np.exp(splats.scales_log)
     # Instance structs are only valid while iterating, so copy their matrices out.
     matrices = [
         inst.matrix_world.copy()
         for inst in depsgraph.object_instances
         if inst.is_instance and inst.parent.original == obj
     ]
-    assert len(matrices) == 50
-    rotations = splats.rotations / np.linalg.norm(splats.rotations, axis=1, keepdims=True)
-    for matrix in matrices:
-        loc, rot, scale = matrix.decompose()
-        distances = np.linalg.norm(splats.means - np.array(loc), axis=1)
-        i = int(np.argmin(distances))
-        assert distances[i] < 1e-5
-        np.testing.assert_allclose(np.array(scale), EXTENT_SIGMA * np.exp(splats.scales_log[i]), rtol=1e-4)
-        expected = Quaternion(rotations[i].tolist()).to_matrix()
-        np.testing.assert_allclose(np.array(rot.to_matrix()), np.array(expected), atol=1e-4)
+    if not solid_colours:
+        assert len(matrices) == 50
+        for matrix in matrices:
+            loc, rot, scale = matrix.decompose()
+            distances = np.linalg.norm(splats.means - np.array(loc), axis=1)
+            i = int(np.argmin(distances))
+            assert distances[i] < 1e-5
+            np.testing.assert_allclose(np.array(scale), extents[i], rtol=1e-4)
+            expected = Quaternion(rotations[i].tolist()).to_matrix()
+            np.testing.assert_allclose(np.array(rot.to_matrix()), np.array(expected), atol=1e-4)
+        return
+    assert not matrices
+    mesh = obj.evaluated_get(depsgraph).data
+    vertices = np.empty(len(mesh.vertices) * 3, np.float32)
+    mesh.vertices.foreach_get("co", vertices)
+    blocks = vertices.reshape(50, -1, 3).astype(np.float64)  # 42 vertices per splat, splat after splat
+    assert blocks.shape[1] == 42 and mesh.attributes.active_color_name == "Col"
+    for block in blocks:
+        i = int(np.argmin(np.linalg.norm(splats.means - block.mean(axis=0), axis=1)))
+        R = np.array(Quaternion(rotations[i].tolist()).to_matrix())
+        local = (block - splats.means[i]) @ R / extents[i]
+        np.testing.assert_allclose(np.linalg.norm(local, axis=1), 1.0, atol=1e-4)
 
 
 def test_non_splat_ply_is_rejected_clearly(addon, tmp_path):
