@@ -200,20 +200,29 @@ def test_cycles_render_of_imported_scene_is_not_empty(addon, tmp_path):
 
 
 def _set_solid_colours(on: bool) -> None:
-    """Solid Colours of the imported splats (native 5.3 splats have no such switch: nothing to set)."""
+    """Solid Colours of the imported splats, and final renders made to draw what the viewport draws.
+
+    The node group realises only where "Is Viewport" holds, and a headless Blender has no viewport to
+    render (OpenGL render needs a window): turning its AND into OR makes F12 renders follow the switch.
+    Native 5.3 splats have no such switch: nothing to set.
+    """
     from da3_blender.build_points import SOLID_COLOURS_INPUT, set_modifier_input
     from da3_blender.build_splats import MODIFIER_NAME
 
     for obj in bpy.data.objects:
         if MODIFIER_NAME in obj.modifiers:
-            set_modifier_input(obj.modifiers[MODIFIER_NAME], SOLID_COLOURS_INPUT, on)
+            mod = obj.modifiers[MODIFIER_NAME]
+            gate = next(n for n in mod.node_group.nodes if n.bl_idname == "FunctionNodeBooleanMath")
+            assert any(link.from_node.bl_idname == "GeometryNodeIsViewport" for link in gate.inputs[1].links)
+            gate.operation = "OR"
+            set_modifier_input(mod, SOLID_COLOURS_INPUT, on)
 
 
 @pytest.mark.parametrize("solid_colours", [True, False], ids=["realised", "instances"])
 def test_solid_view_shows_splat_colours_with_solid_colours_on(addon, tmp_path, solid_colours):
     """Workbench (Solid view's engine), Attribute colouring: realised ellipsoids show red left and blue right;
     as instances they are drawn uncoloured, which is why the switch exists. The import itself sets Solid
-    view to Attribute colouring."""
+    view to Attribute colouring, and the viewport's evaluation realises the splats by default."""
     from da3_blender.build_common import has_native_point_cloud_resize
 
     if has_native_point_cloud_resize():
@@ -221,6 +230,9 @@ def test_solid_view_shows_splat_colours_with_solid_colours_on(addon, tmp_path, s
     views = [a.spaces.active for a in bpy.context.screen.areas if a.type == "VIEW_3D"]
     _import_render_scene(tmp_path, right_splats=True)
     assert views and all(v.shading.color_type == "VERTEX" for v in views)
+    obj = next(o for o in bpy.data.objects if o.name == "splats")
+    viewport_mesh = obj.evaluated_get(bpy.context.evaluated_depsgraph_get()).data
+    assert len(viewport_mesh.vertices) == 400 * 42 and viewport_mesh.attributes.active_color_name == "Col"
     _set_solid_colours(solid_colours)
     scene = bpy.context.scene
     scene.render.engine = "BLENDER_WORKBENCH"
