@@ -163,9 +163,10 @@ def points_material() -> bpy.types.Material:
     return mat
 
 
-def has_point_colours(obj: bpy.types.Object) -> bool:
-    """Whether ``obj`` is an imported point cloud whose colours Solid view can show."""
-    return MODIFIER_NAME in obj.modifiers and obj.type == "MESH" and COLOR_ATTRIBUTE in obj.data.color_attributes
+def has_point_colours(obj: bpy.types.Object, modifier: str = MODIFIER_NAME) -> bool:
+    """Whether ``obj`` is an imported point carrier (a cloud, or with ``modifier`` the splats' one) whose
+    colours Solid view can show."""
+    return modifier in obj.modifiers and obj.type == "MESH" and COLOR_ATTRIBUTE in obj.data.color_attributes
 
 
 def show_attribute_colours(screen: bpy.types.Screen) -> int:

@@ -117,11 +117,6 @@ def _ellipsoids(name: str, splats: SplatData, act: dict, collection: bpy.types.C
     return obj
 
 
-def has_splat_colours(obj: bpy.types.Object) -> bool:
-    """Whether ``obj`` is an ellipsoid splat import (whose colours Solid view shows with Solid Colours on)."""
-    return MODIFIER_NAME in obj.modifiers and obj.type == "MESH" and COLOR_ATTRIBUTE in obj.data.color_attributes
-
-
 def _build_ico_sphere(mesh: bpy.types.Mesh) -> None:
     """Unit ico sphere, 2 subdivisions (42 vertices), flat faces as the node tree's own sphere had."""
     import bmesh

@@ -11,7 +11,7 @@ from bpy_extras.io_utils import ExportHelper, ImportHelper
 
 from . import importers
 from .build_points import SOLID_COLOURS_MAX_POINTS, has_point_colours, show_attribute_colours, solid_colours_note
-from .build_splats import has_splat_colours
+from .build_splats import MODIFIER_NAME as SPLAT_MODIFIER
 from .errors import InputError
 from .exporters import export_cameras
 from .process_job import ProcessJob, process_command, resolve_python
@@ -54,7 +54,7 @@ class _ImportOperator(bpy.types.Operator, ImportHelper):
 
 
 def _colour_solid_view(context: bpy.types.Context, objects: list[bpy.types.Object], enabled: bool) -> None:
-    coloured = any(has_point_colours(o) or has_splat_colours(o) for o in objects)
+    coloured = any(has_point_colours(o) or has_point_colours(o, SPLAT_MODIFIER) for o in objects)
     if enabled and context.screen is not None and coloured:
         show_attribute_colours(context.screen)
 
