@@ -2,7 +2,8 @@
 # The project's GPU checks in one run on a bare CUDA machine that already has PyTorch (no network):
 #   scripts/gpu_checks.sh OUTDIR
 # Needs: wheels of tyro (+ docstring-parser, typeguard) and gsplat==1.4.0 in .whl/ (gsplat compiles its CUDA
-# kernels on first import, a few minutes), and the room sample in $DA3_SAMPLES. Each step writes OUTDIR/<step>.log:
+# kernels on first import, a few minutes), the room sample in $DA3_SAMPLES and the parity fixtures under
+# $DA3_SHARED/fixtures (a copy of ../shared carried along). Each step writes OUTDIR/<step>.log:
 # CUDA benchmarks of the network and the predictor (bf16), then the CUDA tests (network parity on CUDA, the
 # predictor's CUDA path, the pure-PyTorch rasterizer against gsplat).
 set -uo pipefail

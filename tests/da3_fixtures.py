@@ -8,6 +8,7 @@ folder is written from them and loaded through the public loader.
 from __future__ import annotations
 
 import json
+import os
 import zlib
 from pathlib import Path
 
@@ -15,7 +16,14 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-FIXTURES = Path(__file__).parent / "fixtures" / "da3_parity"
+#: The workplace's shared folder beside the checkout (``../shared``), or ``$DA3_SHARED``: the parity
+#: fixtures and the official state-dict key table are read from there, never copied into the repository.
+SHARED = Path(os.environ.get("DA3_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+FIXTURES = SHARED / "fixtures" / "da3_parity"
+STATE_DICT_KEYS = SHARED / "reference" / "da3_state_dict_keys.tsv"
+if not (FIXTURES / "manifest.json").is_file():
+    # A failure, not a skip: without the official reference outputs the network's correctness is unproven.
+    raise FileNotFoundError(f"{FIXTURES}: DA3 parity fixtures not found (set DA3_SHARED to the shared folder)")
 #: Fixture model name -> (project preset, recipe file).
 MODELS = {
     "da3-small": ("da3-small", "weights_da3_small.json"),

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from da3_fixtures import write_checkpoint
+from da3_fixtures import STATE_DICT_KEYS, write_checkpoint
 from safetensors.torch import load_file, save_file
 
 from da3_nerfstudio.errors import CheckpointError
 from da3_nerfstudio.model import PRESETS, DA3Model
 from da3_nerfstudio.model.loading import resolve_checkpoint
 
-KEYS_TSV = Path(__file__).parent / "fixtures" / "da3_state_dict_keys.tsv"
 OFFICIAL_COUNTS = {
     "da3-small": 443,
     "da3-base": 443,
@@ -29,7 +28,7 @@ OFFICIAL_COUNTS = {
 
 def official_keys() -> dict[str, dict[str, tuple[int, ...]]]:
     table: dict[str, dict[str, tuple[int, ...]]] = defaultdict(dict)
-    for line in KEYS_TSV.read_text().splitlines():
+    for line in STATE_DICT_KEYS.read_text().splitlines():
         if line.startswith("#") or line.startswith("preset\t"):
             continue
         preset, key, shape = line.split("\t")
