@@ -40,7 +40,7 @@ from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from da3_nerfstudio.errors import InputError
 from da3_nerfstudio.formats.colmap import write_colmap_model
@@ -48,7 +48,7 @@ from da3_nerfstudio.formats.ply import SplatData, write_point_cloud_ply, write_s
 from da3_nerfstudio.formats.transforms import frames_from_cameras, write_transforms_json
 from da3_nerfstudio.geometry import rescale_intrinsics
 from da3_nerfstudio.prediction import CONF_PERCENTILE, Prediction
-from da3_nerfstudio.preprocess import load_image
+from da3_nerfstudio.preprocess import image_header, load_image
 from da3_nerfstudio.splat_init import splats_from_depth, splats_from_gaussian_head
 
 TOOL = "da3-process-data"
@@ -56,8 +56,6 @@ FORMAT_VERSION = 1
 MANIFEST = Path("da3") / "dataset.json"
 #: nerfstudio-data looks for images_2, images_4, ... while the image's longest side exceeds this.
 MAX_AUTO_RESOLUTION = 1600
-#: Files in these formats are copied byte for byte (when not rotated by EXIF); others become PNG.
-COPY_SUFFIXES = (".png", ".jpg", ".jpeg")
 #: Finest voxel of the point-cloud downsampling, relative to the cloud's extent (keeps keys in int64).
 _MIN_VOXEL_FRACTION = 2.0**-20
 #: The downsampled cloud is accepted when it has between this fraction of the target and the target.
@@ -110,7 +108,7 @@ class _View:
     intrinsics: np.ndarray  # at the written size
     to_written: np.ndarray  # 3x3 affine: processed pixel -> written pixel (continuous convention)
     full_frame: bool  # the processed image is a plain rescaling of the whole written image
-    copy: bool  # the source file can be copied unchanged
+    copy: bool  # a stock loader reads the source's bytes as load_image decodes them: copy them unchanged
 
 
 # ------------------------------------------------------------------------------------------------
@@ -176,26 +174,6 @@ def _natural_key(name: str) -> list[int | str]:
 def natural_sorted(paths: Sequence[Path]) -> list[Path]:
     """Paths in human order (``2.png`` before ``10.png``)."""
     return sorted(paths, key=lambda p: _natural_key(p.name))
-
-
-def image_header(path: Path) -> tuple[int, int, bool]:
-    """Upright (width, height) of an image file and whether its bytes can be copied as they are.
-
-    Reads the header only, so a folder of photos can be checked before any long computation. (PIL
-    finds a PNG eXIf chunk placed after the pixels only by decoding them all; cameras write it first.)
-    """
-    try:
-        with Image.open(path) as im:
-            width, height = im.size
-            exif = im.getexif() if im.format != "PNG" or "exif" in im.info else {}
-            orientation = exif.get(0x0112, 1)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-        raise InputError(f"{path}: not a readable image ({err})") from None
-    if orientation in (5, 6, 7, 8):  # EXIF orientations that swap the axes
-        width, height = height, width
-    return width, height, orientation in (0, 1) and path.suffix.lower() in COPY_SUFFIXES
 
 
 def _aspect_tolerance(*sizes: tuple[int, int], slack: float) -> float:

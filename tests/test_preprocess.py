@@ -153,9 +153,9 @@ EIGHT_BIT = np.array([[0, 0, 0, 1, 1, 128, 254, 255]], np.uint8)
 
 def test_16_bit_png_is_scaled_not_clipped(tmp_path):
     path = tmp_path / "depth16.png"
-    Image.fromarray(SIXTEEN_BIT).save(path)
+    Image.fromarray(np.tile(SIXTEEN_BIT, (14, 2))).save(path)  # a file needs 14 px a side
     assert Image.open(path).mode == "I;16"
-    np.testing.assert_array_equal(load_image(path), np.repeat(EIGHT_BIT[..., None], 3, axis=2))
+    np.testing.assert_array_equal(load_image(path), np.repeat(np.tile(EIGHT_BIT, (14, 2))[..., None], 3, axis=2))
     # A full gradient k * 257 maps to exactly k.
     gradient = (np.arange(256, dtype=np.uint16) * 257)[None]
     np.testing.assert_array_equal(load_image(Image.fromarray(gradient))[0, :, 1], np.arange(256))
