@@ -240,17 +240,15 @@ def downscale_factors(sizes: Sequence[tuple[int, int]]) -> list[int]:
 def _write_image(pred: Prediction, index: int, view: _View, stage: Path, factors: list[int]) -> None:
     """Full-resolution image into images/ and nerfstudio's downscaled copies into images_N/."""
     target = stage / "images" / view.name
-    rgb = None
-    if view.source is None:
-        rgb = pred.images[index]
-    if view.copy and view.source is not None:
+    # Decoded even when the bytes are copied: a file the network could not have read never enters a dataset.
+    rgb = pred.images[index] if view.source is None else load_image(view.source)
+    if view.copy:
         shutil.copyfile(view.source, target)
     else:
-        rgb = load_image(view.source) if rgb is None else rgb
         Image.fromarray(rgb).save(target)
     if not factors:
         return
-    image = Image.fromarray(load_image(view.source) if rgb is None else rgb)
+    image = Image.fromarray(rgb)
     w, h = view.size
     for factor in factors:
         # nerfstudio floors the camera size (Cameras.rescale_output_resolution): the image must match.
