@@ -545,3 +545,32 @@ def test_console_script_reports_a_decompression_bomb_in_one_line(bad: Bad, npz: 
     assert_one_line_error(code, out, err, f"{path}: {bad.problem}")
     assert "Warning" not in out + err
     assert_unchanged(before, tmp_path)
+
+
+NETWORK_MODES = ["cmyk_jpeg", "bilevel_png", "palette_transparent_png", "rgba_png", "grey16_png", "exif6_jpeg",
+                 "float_tiff", "rgb_jpeg"]  # fmt: skip
+
+
+def test_images_command_network_input_is_what_nerfstudio_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], nerfstudio_images: Callable
+) -> None:
+    """A real network run (deterministic small checkpoint) on photos in eight modes: the processed images it
+    saved as its input equal the official preprocessing of the images nerfstudio loads from the dataset."""
+    from da3_fixtures import write_checkpoint
+
+    from da3_nerfstudio.preprocess import preprocess_image
+
+    checkpoint = write_checkpoint(tmp_path / "checkpoint" / "da3-small", "da3-small")
+    photos, out = tmp_path / "photos", tmp_path / "dataset"
+    photos.mkdir()
+    modes = {m.name: m for m in MODES}
+    images = room_truth().images
+    for i, name in enumerate(NETWORK_MODES):
+        modes[name].build(images[i], photos / f"{i}_{name}")
+    args = ["images", "--data", photos, "--output-dir", out, "--model", checkpoint, "--process-res", "112", *SMALL]
+    code = main([str(a) for a in args])
+    assert code == 0, capsys.readouterr().err
+    saw = Prediction.load(out / "da3" / "predictions.npz").images
+    for i in range(len(NETWORK_MODES)):
+        _, uint8, _ = nerfstudio_images(out, i)
+        np.testing.assert_array_equal(preprocess_image(uint8, 112, "upper_bound_resize")[0], saw[i])
