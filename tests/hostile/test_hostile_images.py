@@ -15,7 +15,9 @@ API: one line naming the file and the problem, a non-zero exit (the API: ``Input
 from __future__ import annotations
 
 import io
+import os
 import struct
+import subprocess
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hostile import assert_one_line_error, assert_unchanged, run_tool, snapshot
+from hostile import BIN, assert_one_line_error, assert_unchanged, run_tool, snapshot
 from PIL import Image
 from samples import ROOM, room_truth
 
@@ -544,6 +546,30 @@ def test_console_script_reports_a_decompression_bomb_in_one_line(bad: Bad, npz: 
     )
     assert_one_line_error(code, out, err, f"{path}: {bad.problem}")
     assert "Warning" not in out + err
+    assert_unchanged(before, tmp_path)
+
+
+@pytest.mark.parametrize("command", ["predictions", "images"])
+def test_unreadable_image_is_named_in_one_line(command: str, npz: Path, tmp_path: Path) -> None:
+    """A photo without read permission. Root reads any file, so as root the command runs without the
+    capability that allows it (setpriv), where the kernel then refuses the read as for any user."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "0_good.png").write_bytes(room_png())
+    locked = photos / "1_locked.png"
+    locked.write_bytes(room_png())
+    before = snapshot(tmp_path)  # while readable (the snapshot reads every file)
+    locked.chmod(0)
+    drop = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    inputs = ["--data", npz, "--images", photos] if command == "predictions" else ["--data", photos]
+    args = [*drop, BIN / "da3-process-data", command, *inputs, "--output-dir", tmp_path / "out"]
+    if command == "images":
+        args += ["--model", tmp_path / "no-such-checkpoint"]
+    result = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=300)
+    assert_one_line_error(
+        result.returncode, result.stdout, result.stderr, f"{locked}: cannot read the file (permission denied)"
+    )
+    locked.chmod(0o644)
     assert_unchanged(before, tmp_path)
 
 
