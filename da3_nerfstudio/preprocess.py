@@ -6,6 +6,10 @@ patch) follow the official ``InputProcessor`` exactly. On top of it this module 
 official code lacks: EXIF orientation, every common PIL mode and numpy layout, one-line
 :class:`InputError` messages for bad files, and the per-image affine ``A`` that maps original
 pixel coordinates to processed ones, so callers can move intrinsics (``A @ K``) or pixels.
+
+:func:`load_image` is the project's one image decoding: the dataset writer calls it too, and copies
+a photo's bytes only where :func:`image_header` says a stock loader reads them identically, so
+nerfstudio trains on the pixels the network saw.
 """
 
 from __future__ import annotations
@@ -80,15 +84,14 @@ class ImageHeader(NamedTuple):
     grey JPEG/PNG (as its suffix says) without EXIF rotation. Anything else is written converted."""
 
 
-def image_header(path: str | Path, name: str | None = None) -> ImageHeader:
+def image_header(path: str | Path) -> ImageHeader:
     """Check an image file from its header only (no pixels decoded), so a folder is vetted before long work.
 
     Raises a one-line :class:`InputError` for a missing, empty, unreadable or unknown file, a
     decompression bomb, an animated or multi-page file and an absurd size (see :func:`load_image`).
     """
     path = Path(path)
-    label = name or str(path)
-    with _open_file(path, label) as im:
+    with _open_file(path, str(path)) as im:
         orientation = _orientation(im)
         width, height = im.size
         stock = (
