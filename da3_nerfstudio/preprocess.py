@@ -194,7 +194,11 @@ def _check_file_image(im: Image.Image, label: str) -> None:
         raise InputError(f"{label}: corrupt or truncated image ({_one_line(err)})") from None
     if frames > 1 and im.format != "MPO":  # an MPO's later frames are previews or the second stereo view
         raise InputError(f"{label}: {im.format} file with {frames} frames (animated or multi-page); give single images")
-    width, height = im.size
+    check_image_size(*im.size, label)
+
+
+def check_image_size(width: int, height: int, label: str) -> None:
+    """Refuse a size no camera makes (a side under one patch, an aspect ratio past ``MAX_ASPECT_RATIO``:1)."""
     if min(width, height) < MIN_IMAGE_SIDE:
         raise InputError(
             f"{label}: {width}x{height} pixels is too small (each side needs at least {MIN_IMAGE_SIDE} px)"

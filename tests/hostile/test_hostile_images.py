@@ -573,6 +573,37 @@ def test_unreadable_image_is_named_in_one_line(command: str, npz: Path, tmp_path
     assert_unchanged(before, tmp_path)
 
 
+def tiny_video(path: Path, width: int, height: int) -> Path:
+    """A real, decodable MPEG-4 video whose frames are ``width`` x ``height``."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(5):
+            frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), 40 * i, np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+@pytest.mark.parametrize(
+    ("size", "problem"),
+    [((64, 8), "64x8 pixels is too small"), ((1600, 16), "1600x16 pixels is too elongated")],
+    ids=["small", "elongated"],
+)
+def test_video_of_an_absurd_frame_size_is_refused_before_the_model_loads(
+    size: tuple[int, int], problem: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    video = tiny_video(tmp_path / "clip.mp4", *size)
+    before = snapshot(tmp_path)
+    args = ["video", "--data", video, "--output-dir", tmp_path / "out", "--model", tmp_path / "no-such-checkpoint"]
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    assert_one_line_error(code, captured.out, captured.err, f"{video}: {problem}")
+    assert_unchanged(before, tmp_path)
+
+
 NETWORK_MODES = ["cmyk_jpeg", "bilevel_png", "palette_transparent_png", "rgba_png", "grey16_png", "exif6_jpeg",
                  "float_tiff", "rgb_jpeg"]  # fmt: skip
 
