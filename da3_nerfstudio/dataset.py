@@ -40,7 +40,7 @@ from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from da3_nerfstudio.errors import InputError
 from da3_nerfstudio.formats.colmap import write_colmap_model
@@ -48,7 +48,7 @@ from da3_nerfstudio.formats.ply import SplatData, write_point_cloud_ply, write_s
 from da3_nerfstudio.formats.transforms import frames_from_cameras, write_transforms_json
 from da3_nerfstudio.geometry import rescale_intrinsics
 from da3_nerfstudio.prediction import CONF_PERCENTILE, Prediction
-from da3_nerfstudio.preprocess import load_image
+from da3_nerfstudio.preprocess import image_header, load_image
 from da3_nerfstudio.splat_init import splats_from_depth, splats_from_gaussian_head
 
 TOOL = "da3-process-data"
@@ -56,8 +56,6 @@ FORMAT_VERSION = 1
 MANIFEST = Path("da3") / "dataset.json"
 #: nerfstudio-data looks for images_2, images_4, ... while the image's longest side exceeds this.
 MAX_AUTO_RESOLUTION = 1600
-#: Files in these formats are copied byte for byte (when not rotated by EXIF); others become PNG.
-COPY_SUFFIXES = (".png", ".jpg", ".jpeg")
 #: Finest voxel of the point-cloud downsampling, relative to the cloud's extent (keeps keys in int64).
 _MIN_VOXEL_FRACTION = 2.0**-20
 #: The downsampled cloud is accepted when it has between this fraction of the target and the target.
@@ -110,7 +108,7 @@ class _View:
     intrinsics: np.ndarray  # at the written size
     to_written: np.ndarray  # 3x3 affine: processed pixel -> written pixel (continuous convention)
     full_frame: bool  # the processed image is a plain rescaling of the whole written image
-    copy: bool  # the source file can be copied unchanged
+    copy: bool  # a stock loader reads the source's bytes as load_image decodes them: copy them unchanged
 
 
 # ------------------------------------------------------------------------------------------------
@@ -178,26 +176,6 @@ def natural_sorted(paths: Sequence[Path]) -> list[Path]:
     return sorted(paths, key=lambda p: _natural_key(p.name))
 
 
-def image_header(path: Path) -> tuple[int, int, bool]:
-    """Upright (width, height) of an image file and whether its bytes can be copied as they are.
-
-    Reads the header only, so a folder of photos can be checked before any long computation. (PIL
-    finds a PNG eXIf chunk placed after the pixels only by decoding them all; cameras write it first.)
-    """
-    try:
-        with Image.open(path) as im:
-            width, height = im.size
-            exif = im.getexif() if im.format != "PNG" or "exif" in im.info else {}
-            orientation = exif.get(0x0112, 1)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-        raise InputError(f"{path}: not a readable image ({err})") from None
-    if orientation in (5, 6, 7, 8):  # EXIF orientations that swap the axes
-        width, height = height, width
-    return width, height, orientation in (0, 1) and path.suffix.lower() in COPY_SUFFIXES
-
-
 def _aspect_tolerance(*sizes: tuple[int, int], slack: float) -> float:
     return sum(slack / min(size) for size in sizes)
 
@@ -262,17 +240,15 @@ def downscale_factors(sizes: Sequence[tuple[int, int]]) -> list[int]:
 def _write_image(pred: Prediction, index: int, view: _View, stage: Path, factors: list[int]) -> None:
     """Full-resolution image into images/ and nerfstudio's downscaled copies into images_N/."""
     target = stage / "images" / view.name
-    rgb = None
-    if view.source is None:
-        rgb = pred.images[index]
-    if view.copy and view.source is not None:
+    # Decoded even when the bytes are copied: a file the network could not have read never enters a dataset.
+    rgb = pred.images[index] if view.source is None else load_image(view.source)
+    if view.copy:
         shutil.copyfile(view.source, target)
     else:
-        rgb = load_image(view.source) if rgb is None else rgb
         Image.fromarray(rgb).save(target)
     if not factors:
         return
-    image = Image.fromarray(load_image(view.source) if rgb is None else rgb)
+    image = Image.fromarray(rgb)
     w, h = view.size
     for factor in factors:
         # nerfstudio floors the camera size (Cameras.rescale_output_resolution): the image must match.

@@ -6,21 +6,29 @@ patch) follow the official ``InputProcessor`` exactly. On top of it this module 
 official code lacks: EXIF orientation, every common PIL mode and numpy layout, one-line
 :class:`InputError` messages for bad files, and the per-image affine ``A`` that maps original
 pixel coordinates to processed ones, so callers can move intrinsics (``A @ K``) or pixels.
+
+:func:`load_image` is the project's one image decoding: the dataset writer calls it too, and copies
+a photo's bytes only where :func:`image_header` says a stock loader reads them identically, so
+nerfstudio trains on the pixels the network saw.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import threading
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from da3_nerfstudio.errors import InputError
 
@@ -37,45 +45,184 @@ ImageSource = str | Path | Image.Image | np.ndarray
 _UINT16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
-def load_image(src: ImageSource, name: str | None = None) -> np.ndarray:
-    """Load one image as an (H, W, 3) uint8 RGB array.
+#: Suffix -> the formats a file of that name may hold and still be copied into a dataset verbatim.
+_STOCK_FORMATS = {".png": ("PNG",), ".jpg": ("JPEG", "MPO"), ".jpeg": ("JPEG", "MPO")}
+#: Modes that a stock loader (``np.array(Image.open(f))``, as nerfstudio's) turns into the RGB load_image gives.
+_STOCK_MODES = ("RGB", "L")
+#: A side shorter than one network patch holds no structure to predict depth from.
+MIN_IMAGE_SIDE = PATCH_SIZE
+#: Beyond this aspect ratio the short side is below one patch at the default resolution (504 px).
+MAX_ASPECT_RATIO = 504 // PATCH_SIZE
+#: EXIF orientation -> the transpose that shows the image upright (the table of ImageOps.exif_transpose).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+#: EXIF orientations 5-8 show the stored image with its axes swapped.
+_SWAPS_AXES = (
+    Image.Transpose.TRANSPOSE,
+    Image.Transpose.ROTATE_270,
+    Image.Transpose.TRANSVERSE,
+    Image.Transpose.ROTATE_90,
+)
+#: warnings.catch_warnings swaps process-wide state: opening threads take turns (headers only, fast).
+_OPEN_LOCK = threading.Lock()
 
-    Files and PIL images get their EXIF orientation applied, so portrait phone photos are upright.
-    An alpha channel is dropped, not composited over a background: the network was trained on
-    opaque photos and any background colour would be an invented one. 16-bit data is scaled by
-    65535/255 (``/257``); float data must lie in [0, 1]. ``name`` labels in-memory inputs in
-    error messages (e.g. ``image[3]``); files are named by their path.
+
+class ImageHeader(NamedTuple):
+    """What a file's header says, checked: upright size and whether its bytes may be copied as they are."""
+
+    width: int
+    height: int
+    stock_rgb: bool
+    """A stock loader reads the file's bytes as exactly the RGB :func:`load_image` decodes: a plain 8-bit RGB or
+    grey JPEG/PNG (as its suffix says) without EXIF rotation. Anything else is written converted."""
+
+
+def image_header(path: str | Path) -> ImageHeader:
+    """Check an image file from its header only (no pixels decoded), so a folder is vetted before long work.
+
+    Raises a one-line :class:`InputError` for a missing, empty, unreadable or unknown file, a
+    decompression bomb, an animated or multi-page file and an absurd size (see :func:`load_image`).
+    """
+    path = Path(path)
+    with _open_file(path, str(path)) as im:
+        orientation = _orientation(im)
+        width, height = im.size
+        stock = (
+            orientation is None and im.mode in _STOCK_MODES and im.format in _STOCK_FORMATS.get(path.suffix.lower(), ())
+        )
+    if orientation in _SWAPS_AXES:
+        width, height = height, width
+    return ImageHeader(width, height, stock)
+
+
+def load_image(src: ImageSource, name: str | None = None) -> np.ndarray:
+    """Load one image as an (H, W, 3) uint8 RGB array: the one decoding of the project.
+
+    The predictor's preprocessing and the dataset writer both call it, so the images a dataset
+    references hold exactly the pixels the network saw. Rules:
+
+    * EXIF orientation is applied (for PNG only an eXIf chunk before the pixels, which cameras write).
+    * Alpha is ignored: the colour channels are used as stored, not composited over any background,
+      as the official preprocessing (``convert("RGB")``) does; the network was trained on opaque photos.
+    * Grey, 1-bit and palette images become the RGB they display; CMYK as Pillow converts it.
+    * 16-bit grey is scaled by 65535/255 (``/257``); 32-bit integer data must lie in 0..65535 and is
+      read as 16-bit; float data must lie in [0, 1]. (Pillow reads 16-bit colour PNGs as their high byte.)
+    * Files must hold one frame (animated and multi-page files are refused, except a JPEG's MPO
+      previews), at least ``MIN_IMAGE_SIDE`` px a side, at most ``MAX_ASPECT_RATIO``:1, and at most
+      ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (decompression bombs).
+
+    ``name`` labels in-memory inputs in error messages (e.g. ``image[3]``); files are named by their path.
     """
     if isinstance(src, str | Path):
         path = Path(src)
         label = name or str(path)
-        return _pil_to_rgb(_open_file(path, label), label)
+        with _open_file(path, label) as im:
+            orientation = _orientation(im)
+            try:
+                im.load()
+            except (OSError, SyntaxError, ValueError, EOFError) as err:
+                raise InputError(f"{label}: corrupt or truncated image ({_one_line(err)})") from None
+            return _pil_to_rgb(im if orientation is None else im.transpose(orientation), label)
     label = name or "image"
     if isinstance(src, Image.Image):
         if src.width == 0 or src.height == 0:
             raise InputError(f"{label}: empty image ({src.width}x{src.height} pixels)")
-        return _pil_to_rgb(ImageOps.exif_transpose(src), label)
+        orientation = _orientation(src)
+        return _pil_to_rgb(src if orientation is None else src.transpose(orientation), label)
     if isinstance(src, np.ndarray):
         return _array_to_rgb(src, label)
     raise InputError(f"{label}: unsupported image type {type(src).__name__} (use a path, PIL image or array)")
 
 
+def verify_images(paths: Sequence[str | Path], num_workers: int = 4) -> None:
+    """Decode every file as :func:`load_image` does, so a corrupt or truncated one fails now, not after the model
+    has loaded; the first bad file in order raises its one-line :class:`InputError`."""
+    with ThreadPoolExecutor(max_workers=max(1, min(num_workers, len(paths)))) as pool:
+        for _ in pool.map(load_image, paths):
+            pass
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
 def _open_file(path: Path, label: str) -> Image.Image:
-    """Open and fully decode a file, turning every failure into a one-line InputError."""
+    """Open a file (header only), turning every failure into a one-line InputError; the caller closes it."""
     if not path.exists():
-        raise InputError(f"{label}: no such file")
+        raise InputError(f"{label}: no such file" + (" (broken link)" if path.is_symlink() else ""))
     if path.is_dir():
         raise InputError(f"{label}: is a directory, not an image file")
     if path.stat().st_size == 0:
         raise InputError(f"{label}: empty file (0 bytes)")
     try:
-        with Image.open(path) as im:
-            im.load()
-            return ImageOps.exif_transpose(im)
+        with _OPEN_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except PermissionError:
+        raise InputError(f"{label}: cannot read the file (permission denied)") from None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+        pixels = re.search(r"\((\d+) pixels\)", str(err))
+        size = f"{int(pixels[1]):,} pixels" if pixels else "its size"
+        raise InputError(
+            f"{label}: {size} exceeds the decompression-bomb limit of {Image.MAX_IMAGE_PIXELS:,} pixels "
+            "(PIL.Image.MAX_IMAGE_PIXELS)"
+        ) from None
     except UnidentifiedImageError:
         raise InputError(f"{label}: not a readable image (unknown or corrupt format)") from None
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as err:
-        raise InputError(f"{label}: corrupt or truncated image ({err})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise InputError(f"{label}: corrupt or truncated image ({_one_line(err)})") from None
+    try:
+        _check_file_image(im, label)
+    except BaseException:
+        im.close()
+        raise
+    return im
+
+
+def _check_file_image(im: Image.Image, label: str) -> None:
+    """Refuse files that are not one photo: several frames, or a size no camera makes."""
+    try:
+        frames = getattr(im, "n_frames", 1)
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise InputError(f"{label}: corrupt or truncated image ({_one_line(err)})") from None
+    if frames > 1 and im.format != "MPO":  # an MPO's later frames are previews or the second stereo view
+        raise InputError(f"{label}: {im.format} file with {frames} frames (animated or multi-page); give single images")
+    check_image_size(*im.size, label)
+
+
+def check_image_size(width: int, height: int, label: str) -> None:
+    """Refuse a size no camera makes (a side under one patch, an aspect ratio past ``MAX_ASPECT_RATIO``:1)."""
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise InputError(
+            f"{label}: {width}x{height} pixels is too small (each side needs at least {MIN_IMAGE_SIDE} px)"
+        )
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise InputError(
+            f"{label}: {width}x{height} pixels is too elongated (sides differ by more than {MAX_ASPECT_RATIO}:1)"
+        )
+
+
+def _orientation(im: Image.Image) -> Image.Transpose | None:
+    """The transpose that shows ``im`` upright, from EXIF orientation, or None.
+
+    Read without decoding pixels: PIL finds a PNG eXIf chunk placed after the pixels only by decoding
+    them all, so for PNG only a chunk before them counts (cameras write it first). Header and decoder
+    share this rule, so a file's size and pixels always agree.
+    """
+    if im.format == "PNG" and "exif" not in im.info:
+        return None
+    try:
+        orientation = im.getexif().get(0x0112)
+    except (OSError, SyntaxError, ValueError, EOFError, KeyError, TypeError):
+        return None  # unreadable EXIF: as every viewer, show the pixels as stored
+    return _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
 
 
 def _pil_to_rgb(im: Image.Image, label: str) -> np.ndarray:

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from da3_nerfstudio.errors import InputError
+from da3_nerfstudio.preprocess import check_image_size
 
 
 def frame_indices(total: int, target: int) -> list[int]:
@@ -71,6 +72,8 @@ def extract_frames(
         if not container.streams.video:
             raise InputError(f"{video}: no video stream")
         stream = container.streams.video[0]
+        if stream.codec_context.width and stream.codec_context.height:  # frames of a size the network can use
+            check_image_size(stream.codec_context.width, stream.codec_context.height, str(video))
         try:
             wanted = frame_indices(_count_frames(container, stream), num_frames_target)
             if not wanted:

@@ -7,6 +7,8 @@ torchvision's CenterCrop, which the official code uses for mixed sizes.
 
 import io
 import logging
+import struct
+import zlib
 
 import cv2
 import numpy as np
@@ -20,6 +22,7 @@ from da3_nerfstudio.errors import InputError
 from da3_nerfstudio.preprocess import (
     METHODS,
     denormalize,
+    image_header,
     load_image,
     preprocess_image,
     preprocess_images,
@@ -120,6 +123,51 @@ def test_exif_orientation_6_is_applied(tmp_path):
         assert top_left[2] > 200 and top_left[0] < 60
 
 
+# How each EXIF orientation stores an upright picture (the EXIF 2.3 definitions, written with numpy).
+STORED = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],  # mirrored left-right
+    3: lambda a: a[::-1, ::-1],  # upside down
+    4: lambda a: a[::-1],  # mirrored top-bottom
+    5: lambda a: np.swapaxes(a, 0, 1),  # transposed
+    6: lambda a: np.rot90(a, 1),  # turned counter-clockwise: shown turned 90 degrees clockwise
+    7: lambda a: np.swapaxes(a, 0, 1)[::-1, ::-1],  # transversed
+    8: lambda a: np.rot90(a, -1),  # turned clockwise
+}
+
+
+@pytest.mark.parametrize("orientation", sorted(STORED))
+def test_every_exif_orientation_is_decoded_upright_and_the_header_agrees(tmp_path, orientation):
+    upright = np.random.default_rng(orientation).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.ascontiguousarray(STORED[orientation](upright))).save(path, exif=exif.tobytes())
+    np.testing.assert_array_equal(load_image(path), upright)
+    # Only an unrotated file may be copied: a stock loader (nerfstudio's) ignores EXIF orientation.
+    assert image_header(path) == (30, 20, orientation == 1)
+
+
+def test_png_exif_after_the_pixels_is_ignored_by_header_and_decoder_alike(tmp_path):
+    """PIL sees an eXIf chunk behind the pixels only after decoding them; both rules ignore it, so the size
+    the header reports (for intrinsics, before any decoding) is the size of the decoded pixels."""
+    stored = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(stored).save(buf, "PNG")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    payload = exif.tobytes()[6:]  # the TIFF structure without the "Exif\0\0" JPEG prefix
+    chunk = struct.pack(">I", len(payload)) + b"eXIf" + payload + struct.pack(">I", zlib.crc32(b"eXIf" + payload))
+    data = buf.getvalue()
+    path = tmp_path / "late_exif.png"
+    path.write_bytes(data[:-12] + chunk + data[-12:])  # just before IEND
+    with Image.open(path) as im:
+        im.load()
+        assert im.getexif().get(0x0112) == 6  # PIL does find it, once decoded
+    np.testing.assert_array_equal(load_image(path), stored)
+    assert image_header(path) == (30, 20, True)
+
+
 def test_grey_and_alpha_modes_drop_alpha_without_compositing():
     grey = np.array([[0, 17], [128, 255]], np.uint8)
     expected = np.repeat(grey[..., None], 3, axis=2)
@@ -153,9 +201,9 @@ EIGHT_BIT = np.array([[0, 0, 0, 1, 1, 128, 254, 255]], np.uint8)
 
 def test_16_bit_png_is_scaled_not_clipped(tmp_path):
     path = tmp_path / "depth16.png"
-    Image.fromarray(SIXTEEN_BIT).save(path)
+    Image.fromarray(np.tile(SIXTEEN_BIT, (14, 2))).save(path)  # a file needs 14 px a side
     assert Image.open(path).mode == "I;16"
-    np.testing.assert_array_equal(load_image(path), np.repeat(EIGHT_BIT[..., None], 3, axis=2))
+    np.testing.assert_array_equal(load_image(path), np.repeat(np.tile(EIGHT_BIT, (14, 2))[..., None], 3, axis=2))
     # A full gradient k * 257 maps to exactly k.
     gradient = (np.arange(256, dtype=np.uint16) * 257)[None]
     np.testing.assert_array_equal(load_image(Image.fromarray(gradient))[0, :, 1], np.arange(256))

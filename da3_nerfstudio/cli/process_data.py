@@ -37,6 +37,7 @@ from da3_nerfstudio.dataset import (
 from da3_nerfstudio.errors import DA3Error, InputError
 from da3_nerfstudio.geometry import rescale_intrinsics, to_homogeneous
 from da3_nerfstudio.prediction import CONF_PERCENTILE, Prediction
+from da3_nerfstudio.preprocess import verify_images
 
 #: Best geometry that fits about 100 views on a 24 GB GPU (bf16), metric scale; CC BY-NC 4.0.
 DEFAULT_MODEL = "depth-anything/DA3NESTED-GIANT-LARGE-1.1"
@@ -292,14 +293,16 @@ def _match_images(prediction: Prediction, images: list[Path], folder: Path) -> l
 
 
 def list_images(folder: Path, minimum: int = 2) -> list[Path]:
-    """Image files of a folder in natural order, each header checked; other files are ignored with a note."""
+    """Image files of a folder in natural order, each one decoded as the network will; other files are ignored
+    with a note."""
     if not folder.exists():
         raise InputError(f"{folder}: no such folder")
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder (use `da3-process-data video` for a video file)")
-    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
-    images = natural_sorted([p for p in files if p.suffix.lower() in IMAGE_SUFFIXES])
-    others = sorted(p.name for p in files if p.suffix.lower() not in IMAGE_SUFFIXES)
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    # A folder or broken link named like an image is an error (by verify_images), not silently one view fewer.
+    images = natural_sorted([p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES])
+    others = sorted(p.name for p in entries if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES)
     if others:
         shown = ", ".join(others[:5]) + (f" (+{len(others) - 5} more)" if len(others) > 5 else "")
         console.print(f"ignoring {len(others)} file(s) that are not images: {shown}")
@@ -307,8 +310,7 @@ def list_images(folder: Path, minimum: int = 2) -> list[Path]:
         raise InputError(f"{folder}: no images found ({', '.join(IMAGE_SUFFIXES)})")
     if len(images) < minimum:
         raise InputError(f"{folder}: only one image ({images[0].name}); a dataset needs at least 2 views")
-    for path in images:
-        image_header(path)
+    verify_images(images)  # every file decoded now: a bad one fails before the model loads
     return images
 
 
