@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pycolmap
 import pytest
 import torch
 from da3_fixtures import write_checkpoint
@@ -351,6 +352,33 @@ def test_bad_colmap_model_known_poses_cli(
     code, out, err = run_cli(capsys, *args)
     assert code == 1
     assert_one_line_error(code, out, err, str(model), message)
+    assert_unchanged(before, tmp_path)
+
+
+def _text_model(folder: Path, name: str, change: Callable[[str], str]) -> Path:
+    """The good model in COLMAP's text format, with one file changed."""
+    good = pycolmap.Reconstruction(good_colmap(folder.with_name("binary")))
+    folder.mkdir()
+    good.write_text(folder)
+    (folder / name).write_text(change((folder / name).read_text()))
+    return folder
+
+
+TEXT_CASES: dict[str, tuple[str, Callable[[str], str], str]] = {
+    "cameras_garbage": ("cameras.txt", lambda t: t.replace(" 60 ", " sixty "), "cannot read COLMAP model"),
+    "cameras_empty": ("cameras.txt", lambda t: "", "cannot read COLMAP model"),
+    "images_truncated": ("images.txt", lambda t: t[: len(t) // 2], "cannot read COLMAP model"),
+    "frames_empty": ("frames.txt", lambda t: "", "cannot read COLMAP model"),
+    "rigs_empty": ("rigs.txt", lambda t: "", "cannot read COLMAP model"),
+}
+
+
+@pytest.mark.parametrize("case", list(TEXT_CASES))
+def test_bad_colmap_text_model_api(tmp_path: Path, case: str) -> None:
+    name, change, message = TEXT_CASES[case]
+    model = _text_model(tmp_path / "text", name, change)
+    before = snapshot(tmp_path)
+    assert_api_error(InputError, lambda: read_colmap_model(model), str(model), message)
     assert_unchanged(before, tmp_path)
 
 
