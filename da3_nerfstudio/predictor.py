@@ -101,7 +101,7 @@ def _as_array(value: np.ndarray | torch.Tensor | None, name: str, n: int, shapes
     arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
     if arr.shape not in [(n, *s) for s in shapes] or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
         wanted = " or ".join(f"({n},{','.join(map(str, s))})" for s in shapes)
-        raise InputError(f"{name}: expected real {wanted} for {n} images, got shape {arr.shape} ({arr.dtype})")
+        raise InputError(f"{name}: expected finite {wanted} for {n} images, got shape {arr.shape} ({arr.dtype})")
     return arr.astype(np.float64)
 
 

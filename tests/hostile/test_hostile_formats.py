@@ -812,7 +812,7 @@ def test_predictor_refuses_bad_known_cameras(predictor: DA3Predictor, kind: str,
 def test_predictor_refuses_non_numeric_cameras(predictor: DA3Predictor) -> None:
     images = [np.full((48, 64, 3), 100, np.uint8)] * 2
     w2c, k = _cameras()
-    assert_api_error(InputError, lambda: predictor.predict(images, w2c.astype(str), k), "extrinsics: expected real")
+    assert_api_error(InputError, lambda: predictor.predict(images, w2c.astype(str), k), "extrinsics: expected finite")
 
 
 def test_splats_from_depth_refuses_bad_cameras_and_empty_depth() -> None:
