@@ -175,20 +175,13 @@ class Prediction:
         names = [str(s) for s in arrays["names"].reshape(-1)] if "names" in arrays else []
         if names and len(names) != n:
             raise InputError(f"{path}: names has {len(names)} entries for {n} views")
-        check_cameras(extrinsics, intrinsics, str(path), names or None)
+        check_cameras(extrinsics, intrinsics, str(path), names or None)  # (N,4,4) rows are dropped below
         conf = _per_pixel(path, "conf", arrays.get("conf"), depth.shape)
-        if conf is not None and not np.isfinite(conf).all():
-            raise InputError(f"{path}: conf has {int((~np.isfinite(conf)).sum())} non-finite values")
         sky = _per_pixel(path, "sky", arrays.get("sky"), depth.shape)
         if sky is not None:
             if not np.isfinite(sky).all():
                 raise InputError(f"{path}: sky has non-finite values")
             sky = sky >= 0.5 if np.issubdtype(sky.dtype, np.floating) else sky != 0
-        valid = (np.isfinite(depth) & (depth > 0) & (True if sky is None else ~sky)).any(axis=(1, 2))
-        if not valid.all():
-            index = int(np.flatnonzero(~valid)[0])
-            name = f" ({names[index]})" if names else ""
-            raise InputError(f"{path}: view {index}{name}: depth has no valid pixel (all NaN, inf, <= 0 or sky)")
         images = arrays.get("image")
         images = np.zeros((*depth.shape, 3), np.uint8) if images is None else _images_to_uint8(path, images)
         if images.shape[:3] != depth.shape:
@@ -205,7 +198,7 @@ class Prediction:
             raise InputError(f"{path}: transforms must be invertible affine pixel maps (last row [0, 0, 1])")
         scale_factor = _optional(path, "scale_factor", arrays.get("scale_factor"), ())
         is_metric = _optional(path, "is_metric", arrays.get("is_metric"), ())
-        return cls(
+        prediction = cls(
             depth=depth.astype(np.float32),
             extrinsics=(extrinsics[:, :3] if extrinsics.shape[1] == 4 else extrinsics).astype(np.float32),
             intrinsics=intrinsics.astype(np.float32),
@@ -220,6 +213,36 @@ class Prediction:
             names=names,
             model_name=str(arrays.get("model_name", "")),
         )
+        prediction.check(str(path))
+        return prediction
+
+    def check(self, source: str) -> None:
+        """Refuse a prediction no dataset can be built from, in one :class:`InputError` line naming
+        ``source`` and the view: cameras (see :func:`~da3_nerfstudio.geometry.check_cameras`), a view
+        without any valid depth pixel (finite, > 0, not sky), non-finite confidences, images that are
+        not (N,H,W,3) uint8, or per-pixel maps of another shape than the depth."""
+        depth = self.depth
+        if depth.ndim != 3 or 0 in depth.shape:
+            raise InputError(f"{source}: depth must be (N,H,W) with N, H, W >= 1, got shape {depth.shape}")
+        check_cameras(self.extrinsics, self.intrinsics, source, self.names or None)
+        if self.images.dtype != np.uint8 or self.images.shape != (*depth.shape, 3):
+            raise InputError(
+                f"{source}: images must be (N,H,W,3) uint8 matching depth {depth.shape}, "
+                f"got {self.images.shape} {self.images.dtype}"
+            )
+        for key in ("conf", "sky"):
+            value = getattr(self, key)
+            if value is not None and value.shape != depth.shape:
+                raise InputError(f"{source}: {key} {value.shape} does not match depth {depth.shape}")
+        if self.conf is not None and not np.isfinite(self.conf).all():
+            raise InputError(f"{source}: conf has {int((~np.isfinite(self.conf)).sum())} non-finite values")
+        valid = np.isfinite(depth) & (depth > 0)
+        if self.sky is not None:
+            valid &= ~self.sky
+        empty = np.flatnonzero(~valid.any(axis=(1, 2)))
+        if len(empty):
+            name = f" ({self.names[empty[0]]})" if self.names else ""
+            raise InputError(f"{source}: view {empty[0]}{name}: depth has no valid pixel (all NaN, inf, <= 0 or sky)")
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:

@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from samples import SOH
 
 from da3_nerfstudio.cli.process_data import main
+from da3_nerfstudio.dataset import write_dataset
 from da3_nerfstudio.errors import CheckpointError, InputError
 from da3_nerfstudio.formats.colmap import read_colmap_model, write_colmap_model
 from da3_nerfstudio.formats.ply import SplatData, read_point_cloud_ply, read_splat_ply, write_splat_ply
@@ -230,6 +231,33 @@ def test_valid_depth_with_some_invalid_pixels_is_accepted(tmp_path: Path) -> Non
     np.savez(tmp_path / "p.npz", **arrays)
     pred = Prediction.load(tmp_path / "p.npz")
     assert pred.valid_mask(0).sum() == N * (H - 2) * (W - 5)
+
+
+def _prediction(**changes: np.ndarray) -> Prediction:
+    a = good_arrays()
+    fields = {"depth": a["depth"], "extrinsics": a["extrinsics"], "intrinsics": a["intrinsics"], "images": a["image"]}
+    return Prediction(**{**fields, "conf": a["conf"], **changes})
+
+
+WRITE_CASES: dict[str, tuple[Callable[[], Prediction], str]] = {
+    "float_images": (lambda: _prediction(images=good_arrays()["image"] / 255.0), "images must be (N,H,W,3) uint8"),
+    "rgba_images": (lambda: _prediction(images=np.zeros((N, H, W, 4), np.uint8)), "images must be (N,H,W,3) uint8"),
+    "nan_pose": (lambda: _prediction(extrinsics=good_arrays()["extrinsics"] * np.nan), "view 0: pose has non-finite"),
+    "scaled_pose": (lambda: _prediction(extrinsics=good_arrays()["extrinsics"] * 2), "view 0: pose is not rigid"),
+    "negative_focal": (lambda: _prediction(intrinsics=-good_arrays()["intrinsics"]), "focal lengths must be positive"),
+    "no_valid_depth": (lambda: _prediction(depth=np.full((N, H, W), np.nan, np.float32)), "view 0: depth has no valid"),
+    "nan_conf": (lambda: _prediction(conf=np.full((N, H, W), np.nan, np.float32)), "conf has 882 non-finite values"),
+    "sky_shape": (lambda: _prediction(sky=np.zeros((N, H, 2), bool)), "sky (3, 14, 2) does not match depth"),
+}
+
+
+@pytest.mark.parametrize(("case", "message"), [(k, v[1]) for k, v in WRITE_CASES.items()], ids=list(WRITE_CASES))
+def test_write_dataset_refuses_bad_prediction_objects(tmp_path: Path, case: str, message: str) -> None:
+    """A Prediction built in Python (not loaded from a file) gets the same checks before anything is written."""
+    prediction = WRITE_CASES[case][0]()
+    before = snapshot(tmp_path)
+    assert_api_error(InputError, lambda: write_dataset(prediction, tmp_path / "out"), "the prediction", message)
+    assert_unchanged(before, tmp_path)
 
 
 # (stored image, expected 8-bit RGB the dataset must hold)
