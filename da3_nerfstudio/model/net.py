@@ -13,11 +13,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from da3_nerfstudio.geometry import align_cameras_sim3
 from da3_nerfstudio.model.backbone import Backbone, patch_grid
 from da3_nerfstudio.model.camera import CameraDec, CameraEnc, decode_pose
 from da3_nerfstudio.model.dpt import HEADS, run_head_chunked
 from da3_nerfstudio.model.gaussians import gaussian_adapter
 from da3_nerfstudio.model.presets import ModelPreset, NetConfig, get_preset
+from da3_nerfstudio.model.ray_solver import cameras_from_rays
 
 #: Sky threshold the official model uses internally (``Prediction.sky`` uses >= 0.5).
 SKY_THRESHOLD = 0.3
@@ -100,8 +102,6 @@ class DA3Net(nn.Module):
             out = run_head_chunked(self.head, patches, h, w, (height, width))
             if cfg.camera:
                 if use_ray_pose:
-                    from da3_nerfstudio.geometry import cameras_from_rays
-
                     b, s = out["ray"].shape[:2]
                     ext, ixt = cameras_from_rays(
                         out["ray"].flatten(0, 1), out["ray_conf"].flatten(0, 1), (height, width)
@@ -127,8 +127,6 @@ class DA3Net(nn.Module):
 
 def _pose_scale(predicted_w2c: Tensor, given_w2c: Tensor) -> Tensor:
     """Per-batch Sim(3) scale mapping the predicted cameras onto the given ones (B,)."""
-    from da3_nerfstudio.geometry import align_cameras_sim3
-
     scales = [torch.as_tensor(align_cameras_sim3(p, g)[0]) for p, g in zip(predicted_w2c, given_w2c, strict=True)]
     return torch.stack(scales).to(predicted_w2c)
 
