@@ -490,12 +490,10 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
 
 
 def _check_prediction(pred: Prediction) -> None:
-    if len(pred) == 0:
-        raise InputError("the prediction has no views")
-    if not np.isfinite(pred.extrinsics).all() or not np.isfinite(pred.intrinsics).all():
-        raise InputError("the prediction has non-finite camera parameters")
-    if np.any(pred.intrinsics[:, 0, 0] <= 0) or np.any(pred.intrinsics[:, 1, 1] <= 0):
+    """Prediction.check (cameras, depth, images), after the depth-only models' case: no cameras at all."""
+    if pred.intrinsics.size and not np.any(pred.intrinsics[:, :2, :2]):
         raise InputError("the prediction has no cameras (focal lengths must be positive): was it a depth-only model?")
+    pred.check("the prediction")
 
 
 def write_dataset(

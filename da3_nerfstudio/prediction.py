@@ -18,6 +18,8 @@ Conventions (the same as :mod:`da3_nerfstudio.geometry`):
 from __future__ import annotations
 
 import dataclasses
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +28,7 @@ import numpy as np
 
 from da3_nerfstudio.errors import InputError
 from da3_nerfstudio.formats.atomic import atomic_write
-from da3_nerfstudio.geometry import invert_rigid, opencv_c2w_to_opengl, to_homogeneous, unproject_depth
+from da3_nerfstudio.geometry import check_cameras, invert_rigid, opencv_c2w_to_opengl, to_homogeneous, unproject_depth
 
 #: The official GLB export's confidence rule: threshold = clip(1.05, P40, P90) of the confidences.
 CONF_PERCENTILE = 40.0
@@ -146,48 +148,208 @@ class Prediction:
     @classmethod
     def load(cls, path: str | Path) -> Prediction:
         """Read this project's npz or the official DA3 npz export (keys depth, conf, extrinsics,
-        intrinsics, image)."""
+        intrinsics, image), refusing anything malformed with one :class:`InputError` line that names
+        the file, the array and, for cameras and depth, the view.
+
+        Images may be uint8, integers in 0..255 or floats in [0, 1] (scaled by 255 and rounded), RGB,
+        grey (replicated) or RGBA (alpha dropped, as the predictor does); depth may hold NaN, inf or
+        values <= 0 for unknown pixels, but every view needs at least one valid (finite, > 0, not sky)
+        pixel. Pickled or object arrays are never loaded.
+        """
         path = Path(path)
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
-        except FileNotFoundError:
-            raise InputError(f"{path}: no such file") from None
-        except (OSError, ValueError) as err:
-            raise InputError(f"{path}: not a readable npz file ({err})") from None
+        arrays = _read_npz(path)
         missing = [k for k in ("depth", "extrinsics", "intrinsics") if k not in arrays]
         if missing:
             raise InputError(f"{path}: not a DA3 prediction (missing {', '.join(missing)})")
-        depth = arrays["depth"]
-        n = depth.shape[0] if depth.ndim == 3 else -1
-        extrinsics, intrinsics = arrays["extrinsics"], arrays["intrinsics"]
-        if depth.ndim != 3 or extrinsics.shape[0] != n or intrinsics.shape != (n, 3, 3):
+        depth = _real(path, "depth", arrays["depth"])
+        if depth.ndim != 3 or 0 in depth.shape:
+            raise InputError(f"{path}: depth must be (N,H,W) with N, H, W >= 1, got shape {depth.shape}")
+        n = depth.shape[0]
+        extrinsics = _real(path, "extrinsics", arrays["extrinsics"])
+        intrinsics = _real(path, "intrinsics", arrays["intrinsics"])
+        if extrinsics.shape[:1] != (n,) or intrinsics.shape[:1] != (n,):
             raise InputError(
                 f"{path}: inconsistent shapes depth {depth.shape}, extrinsics {extrinsics.shape}, "
                 f"intrinsics {intrinsics.shape}"
             )
-        if extrinsics.shape[1:] == (4, 4):
-            extrinsics = extrinsics[:, :3]
-        if extrinsics.shape[1:] != (3, 4):
-            raise InputError(f"{path}: extrinsics must be (N,3,4) or (N,4,4), got {extrinsics.shape}")
+        names = [str(s) for s in arrays["names"].reshape(-1)] if "names" in arrays else []
+        if names and len(names) != n:
+            raise InputError(f"{path}: names has {len(names)} entries for {n} views")
+        check_cameras(extrinsics, intrinsics, str(path), names or None)  # (N,4,4) rows are dropped below
+        conf = _per_pixel(path, "conf", arrays.get("conf"), depth.shape)
+        sky = _per_pixel(path, "sky", arrays.get("sky"), depth.shape)
+        if sky is not None:
+            if not np.isfinite(sky).all():
+                raise InputError(f"{path}: sky has non-finite values")
+            sky = sky >= 0.5 if np.issubdtype(sky.dtype, np.floating) else sky != 0
         images = arrays.get("image")
-        if images is None:
-            images = np.zeros((*depth.shape, 3), dtype=np.uint8)
+        images = np.zeros((*depth.shape, 3), np.uint8) if images is None else _images_to_uint8(path, images)
         if images.shape[:3] != depth.shape:
             raise InputError(f"{path}: image {images.shape} does not match depth {depth.shape}")
-        gaussians = {k: arrays[f"gaussians_{k}"] for k in (*GAUSSIAN_KEYS, "views") if f"gaussians_{k}" in arrays}
-        return cls(
+        original_sizes = _optional(path, "original_sizes", arrays.get("original_sizes"), (n, 2))
+        if original_sizes is not None and (
+            np.any(original_sizes < 1) or np.any(original_sizes != np.rint(original_sizes))
+        ):
+            raise InputError(f"{path}: original_sizes must be positive integer (width, height) pairs")
+        transforms = _optional(path, "transforms", arrays.get("transforms"), (n, 3, 3))
+        if transforms is not None and (
+            np.abs(transforms[:, 2] - [0, 0, 1]).max() > 1e-6 or np.any(np.abs(np.linalg.det(transforms)) < 1e-12)
+        ):
+            raise InputError(f"{path}: transforms must be invertible affine pixel maps (last row [0, 0, 1])")
+        scale_factor = _optional(path, "scale_factor", arrays.get("scale_factor"), ())
+        is_metric = _optional(path, "is_metric", arrays.get("is_metric"), ())
+        prediction = cls(
             depth=depth.astype(np.float32),
-            extrinsics=extrinsics.astype(np.float32),
+            extrinsics=(extrinsics[:, :3] if extrinsics.shape[1] == 4 else extrinsics).astype(np.float32),
             intrinsics=intrinsics.astype(np.float32),
-            images=images.astype(np.uint8),
-            conf=arrays["conf"].astype(np.float32) if "conf" in arrays else None,
-            sky=arrays["sky"].astype(bool) if "sky" in arrays else None,
-            is_metric=bool(arrays.get("is_metric", False)),
-            scale_factor=float(arrays["scale_factor"]) if "scale_factor" in arrays else None,
-            gaussians=gaussians or None,
-            original_sizes=arrays.get("original_sizes"),
-            transforms=arrays.get("transforms"),
-            names=[str(s) for s in arrays["names"]] if "names" in arrays else [],
+            images=images,
+            conf=None if conf is None else conf.astype(np.float32),
+            sky=sky,
+            is_metric=bool(is_metric),
+            scale_factor=None if scale_factor is None else float(scale_factor),
+            gaussians=_gaussians(path, arrays, n),
+            original_sizes=None if original_sizes is None else original_sizes.astype(np.int64),
+            transforms=transforms,
+            names=names,
             model_name=str(arrays.get("model_name", "")),
         )
+        prediction.check(str(path))
+        return prediction
+
+    def check(self, source: str) -> None:
+        """Refuse a prediction no dataset can be built from, in one :class:`InputError` line naming
+        ``source`` and the view: cameras (see :func:`~da3_nerfstudio.geometry.check_cameras`), a view
+        without any valid depth pixel (finite, > 0, not sky), non-finite confidences, images that are
+        not (N,H,W,3) uint8, or per-pixel maps of another shape than the depth."""
+        depth = self.depth
+        if depth.ndim != 3 or 0 in depth.shape:
+            raise InputError(f"{source}: depth must be (N,H,W) with N, H, W >= 1, got shape {depth.shape}")
+        check_cameras(self.extrinsics, self.intrinsics, source, self.names or None)
+        if self.images.dtype != np.uint8 or self.images.shape != (*depth.shape, 3):
+            raise InputError(
+                f"{source}: images must be (N,H,W,3) uint8 matching depth {depth.shape}, "
+                f"got {self.images.shape} {self.images.dtype}"
+            )
+        for key in ("conf", "sky"):
+            value = getattr(self, key)
+            if value is not None and value.shape != depth.shape:
+                raise InputError(f"{source}: {key} {value.shape} does not match depth {depth.shape}")
+        if self.conf is not None and not np.isfinite(self.conf).all():
+            raise InputError(f"{source}: conf has {int((~np.isfinite(self.conf)).sum())} non-finite values")
+        valid = np.isfinite(depth) & (depth > 0)
+        if self.sky is not None:
+            valid &= ~self.sky
+        empty = np.flatnonzero(~valid.any(axis=(1, 2)))
+        if len(empty):
+            name = f" ({self.names[empty[0]]})" if self.names else ""
+            raise InputError(f"{source}: view {empty[0]}{name}: depth has no valid pixel (all NaN, inf, <= 0 or sky)")
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an npz archive, without unpickling anything."""
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not a predictions .npz file")
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise InputError(f"{path}: a single .npy array, not an .npz archive of named arrays")
+        with data:
+            for key in data.files:
+                try:
+                    arrays[key] = data[key]
+                except ValueError as err:
+                    if "allow_pickle" not in str(err):
+                        raise
+                    raise InputError(
+                        f"{path}: array '{key}' holds Python objects, which are not loaded (pickle can run code)"
+                    ) from None
+    except InputError:
+        raise
+    except ValueError as err:
+        if "allow_pickle" in str(err):
+            raise InputError(
+                f"{path}: not an npz archive (numpy would have to unpickle it, which is refused)"
+            ) from None
+        raise InputError(f"{path}: not a readable npz file ({err})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise InputError(f"{path}: not a readable npz file (truncated or corrupt: {err})") from None
+    return arrays
+
+
+def _real(path: Path, key: str, array: np.ndarray) -> np.ndarray:
+    """``array`` if it holds real numbers (bool, int or float), else :class:`InputError`."""
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool) or np.iscomplexobj(array):
+        raise InputError(f"{path}: {key} must hold real numbers, got dtype {array.dtype}")
+    return array
+
+
+def _optional(path: Path, key: str, array: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
+    """An optional finite array of exactly ``shape`` (float64), or None when absent."""
+    if array is None:
+        return None
+    array = _real(path, key, array)
+    if array.shape != shape or not np.isfinite(array).all():
+        raise InputError(f"{path}: {key} must be finite with shape {shape}, got {array.shape}")
+    return array.astype(np.float64)
+
+
+def _per_pixel(path: Path, key: str, array: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
+    """An optional per-pixel map with the depth's (N,H,W) shape."""
+    if array is None:
+        return None
+    array = _real(path, key, array)
+    if array.shape != shape:
+        raise InputError(f"{path}: {key} {array.shape} does not match depth {shape}")
+    return array
+
+
+def _images_to_uint8(path: Path, images: np.ndarray) -> np.ndarray:
+    """(N,H,W,3) uint8 from uint8/integer 0..255 or float [0, 1] images, grey or RGB(A)."""
+    images = _real(path, "image", images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        raise InputError(f"{path}: image must be (N,H,W,3) RGB, (N,H,W,4) RGBA or (N,H,W) grey, got {images.shape}")
+    if images.dtype == bool:
+        raise InputError(f"{path}: image is boolean; expected uint8 or floats in [0, 1]")
+    if np.issubdtype(images.dtype, np.floating):
+        if not np.isfinite(images).all():
+            raise InputError(f"{path}: image has {int((~np.isfinite(images)).sum())} non-finite values")
+        if images.size and (images.min() < 0 or images.max() > 1):
+            raise InputError(f"{path}: float image values must be in [0, 1], got {images.min():g}..{images.max():g}")
+        images = np.rint(images.astype(np.float64) * 255.0)
+    elif images.size and (images.min() < 0 or images.max() > 255):
+        raise InputError(
+            f"{path}: integer image values must be in 0..255 (8-bit), "
+            f"got {images.min()}..{images.max()} ({images.dtype})"
+        )
+    images = images.astype(np.uint8)
+    if images.shape[-1] == 1:
+        return np.repeat(images, 3, axis=-1)
+    return np.ascontiguousarray(images[..., :3])
+
+
+def _gaussians(path: Path, arrays: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray] | None:
+    """The stored Gaussians (all of GAUSSIAN_KEYS, optional views) with consistent shapes, or None."""
+    present = [k for k in (*GAUSSIAN_KEYS, "views") if f"gaussians_{k}" in arrays]
+    if not present:
+        return None
+    missing = [k for k in GAUSSIAN_KEYS if k not in present]
+    if missing:
+        raise InputError(f"{path}: incomplete Gaussians (missing {', '.join(f'gaussians_{k}' for k in missing)})")
+    g = {k: _real(path, f"gaussians_{k}", arrays[f"gaussians_{k}"]) for k in present}
+    m = len(g["means"]) if g["means"].ndim else -1
+    expected = {"means": (m, 3), "scales": (m, 3), "rotations": (m, 4), "opacities": (m,), "views": (m,)}
+    for key, shape in expected.items():
+        if key in g and g[key].shape != shape:
+            raise InputError(f"{path}: gaussians_{key} must have shape {shape}, got {g[key].shape}")
+    if g["harmonics"].ndim != 3 or g["harmonics"].shape[:2] != (m, 3):
+        raise InputError(f"{path}: gaussians_harmonics must have shape ({m}, 3, K), got {g['harmonics'].shape}")
+    if "views" in g and (
+        not np.issubdtype(g["views"].dtype, np.integer) or np.any((g["views"] < 0) | (g["views"] >= n))
+    ):
+        raise InputError(f"{path}: gaussians_views must be view indices in 0..{n - 1}")
+    return g

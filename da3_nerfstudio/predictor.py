@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from da3_nerfstudio.errors import InputError
-from da3_nerfstudio.geometry import align_cameras_sim3, apply_sim3_to_w2c, to_homogeneous
+from da3_nerfstudio.geometry import align_cameras_sim3, apply_sim3_to_w2c, check_cameras, to_homogeneous
 from da3_nerfstudio.model import DA3Model
 from da3_nerfstudio.prediction import GAUSSIAN_KEYS, Prediction
 from da3_nerfstudio.preprocess import ImageSource, PreprocessedImages, preprocess_images, processed_size
@@ -99,11 +99,10 @@ def _as_array(value: np.ndarray | torch.Tensor | None, name: str, n: int, shapes
     if value is None:
         return None
     arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-    arr = arr.astype(np.float64)
-    if arr.shape not in [(n, *s) for s in shapes] or not np.isfinite(arr).all():
+    if arr.shape not in [(n, *s) for s in shapes] or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
         wanted = " or ".join(f"({n},{','.join(map(str, s))})" for s in shapes)
-        raise InputError(f"{name}: expected finite {wanted} for {n} images, got shape {arr.shape}")
-    return arr
+        raise InputError(f"{name}: expected finite {wanted} for {n} images, got shape {arr.shape} ({arr.dtype})")
+    return arr.astype(np.float64)
 
 
 def normalize_extrinsics(w2c: np.ndarray) -> np.ndarray:
@@ -253,6 +252,9 @@ class DA3Predictor:
         K = _as_array(intrinsics, "intrinsics", n, ((3, 3),))
         if w2c is not None and K is None:
             raise InputError("extrinsics were given without intrinsics: pose conditioning needs both")
+        if w2c is not None:
+            names = [str(p) if isinstance(p, str | Path) else f"image[{i}]" for i, p in enumerate(images)]
+            check_cameras(w2c, K, "known cameras (extrinsics, intrinsics)", names)
         if K is not None and w2c is None:
             logger.warning("intrinsics without extrinsics do not condition DA3; they are ignored")
             K = None

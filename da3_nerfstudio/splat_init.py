@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from da3_nerfstudio.errors import InputError
 from da3_nerfstudio.formats.ply import SplatData
-from da3_nerfstudio.geometry import unproject_depth
+from da3_nerfstudio.geometry import check_cameras, unproject_depth
 from da3_nerfstudio.rotation import SH_C0, matrix_to_quat_wxyz, rotate_sh
 
 # Opacities are clipped this far inside (0, 1) so their logits stay finite.
@@ -127,6 +128,9 @@ def splats_from_depth(
 
     Returns:
         :class:`SplatData` with SH degree 0 (colour as the DC term, C0 = 0.28209479177387814).
+
+    Raises :class:`InputError` for non-finite or non-rigid cameras or colours (see
+    :func:`~da3_nerfstudio.geometry.check_cameras`) and when no pixel is kept.
     """
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
@@ -143,7 +147,10 @@ def splats_from_depth(
         raise ValueError(f"images must be (V,H,W,3) matching depths {deps.shape}, got {imgs.shape}")
     if confs is not None and confs.shape != deps.shape:
         raise ValueError(f"confidences must match depths {deps.shape}, got {confs.shape}")
+    check_cameras(poses, ks, "splats_from_depth")
     colors = imgs.astype(np.float64) / 255.0 if np.issubdtype(imgs.dtype, np.integer) else imgs.astype(np.float64)
+    if not np.isfinite(colors).all():
+        raise InputError("splats_from_depth: images have non-finite values")
 
     rows = np.arange(stride // 2, height, stride)
     cols = np.arange(stride // 2, width, stride)
@@ -178,6 +185,8 @@ def splats_from_depth(
             }
         )
     merged = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    if not len(merged["means"]):
+        raise InputError("splats_from_depth: no pixel has a finite, positive depth (and confidence): no Gaussians")
     if max_gaussians is not None and len(merged["means"]) > max_gaussians:
         pick = np.sort(np.random.default_rng(seed).choice(len(merged["means"]), max_gaussians, replace=False))
         merged = {key: value[pick] for key, value in merged.items()}
@@ -203,8 +212,9 @@ def splats_from_gaussian_head(
 
     ``gaussians`` holds ``means`` (N,3), ``scales`` (N,3) standard deviations, ``rotations`` (N,4)
     w x y z, ``harmonics`` (N,3,9) SH degree 2 per colour channel and ``opacities`` (N,) in (0,1); a
-    leading batch dimension of 1 is accepted. Gaussians with non-finite values or an opacity below
-    ``min_opacity`` are dropped; ``max_gaussians`` keeps a random subset (``seed``).
+    leading batch dimension of 1 is accepted. Gaussians with non-finite values, non-positive scales or
+    a zero quaternion (which no renderer can use) or an opacity below ``min_opacity`` are dropped;
+    :class:`InputError` if none is usable. ``max_gaussians`` keeps a random subset (``seed``).
     """
     missing = [k for k in ("means", "scales", "rotations", "harmonics", "opacities") if k not in gaussians]
     if missing:
@@ -220,8 +230,14 @@ def splats_from_gaussian_head(
         arrays[key] = a.astype(np.float64)
     n = len(arrays["means"])
     flat = np.concatenate([arrays[k].reshape(n, -1) for k in arrays], axis=1)
-    keep = np.isfinite(flat).all(axis=1) & (arrays["opacities"] >= min_opacity)
-    index = np.flatnonzero(keep)
+    usable = (
+        np.isfinite(flat).all(axis=1)
+        & (arrays["scales"] > 0).all(axis=1)
+        & (np.abs(arrays["rotations"]).sum(axis=1) > 0)
+    )
+    if not usable.any():
+        raise InputError(f"Gaussian head output: none of the {n} Gaussians is finite with positive scales")
+    index = np.flatnonzero(usable & (arrays["opacities"] >= min_opacity))
     if max_gaussians is not None and len(index) > max_gaussians:
         index = np.sort(np.random.default_rng(seed).choice(index, max_gaussians, replace=False))
     return SplatData.from_activated(

@@ -13,8 +13,10 @@ pixel is at (0.5, 0.5)), so values pass through unchanged.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
+import struct
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -25,6 +27,7 @@ import numpy as np
 import pycolmap
 
 from da3_nerfstudio.errors import InputError
+from da3_nerfstudio.geometry import check_cameras
 
 # Camera models whose parameters are exactly fx, fy, cx, cy (SIMPLE_PINHOLE shares one focal length).
 _PINHOLE_MODELS = ("PINHOLE", "SIMPLE_PINHOLE")
@@ -193,6 +196,117 @@ def _pinhole_matrix(camera: pycolmap.Camera, model_folder: Path) -> np.ndarray:
     )
 
 
+class _Cursor:
+    """Bounds-checked little-endian reads of one binary model file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.data, self.offset = path, path.read_bytes(), 0
+
+    def take(self, size: int, what: str) -> bytes:
+        if size > len(self.data) - self.offset:
+            raise InputError(
+                f"{self.path}: truncated or corrupt binary COLMAP file ({what} needs {size} bytes at offset "
+                f"{self.offset}, the file has {len(self.data)})"
+            )
+        chunk = self.data[self.offset : self.offset + size]
+        self.offset += size
+        return chunk
+
+    def uint(self, size: int, what: str) -> int:
+        return int.from_bytes(self.take(size, what), "little")
+
+    def skip_records(self, count: int, size: int, what: str) -> None:
+        """Skip ``count`` fixed-size records; a count the file cannot hold fails before any loop."""
+        self.take(count * size, f"{count} {what}")
+
+    def string(self, what: str) -> None:
+        end = self.data.find(b"\0", self.offset)
+        if end < 0:
+            raise InputError(f"{self.path}: truncated or corrupt binary COLMAP file (unterminated {what})")
+        self.offset = end + 1
+
+    def done(self) -> None:
+        if self.offset != len(self.data):
+            raise InputError(
+                f"{self.path}: corrupt binary COLMAP file ({len(self.data) - self.offset} unexpected bytes at the end)"
+            )
+
+
+# points3D.bin record: id u64, xyz 3 f64, colour 3 u8, error f64, track length u64 (then 8 bytes per element).
+_POINT_HEAD = 8 + 3 * 8 + 3 + 8 + 8
+_TRACK_LENGTH = struct.Struct("<Q")
+
+
+@functools.cache
+def _num_params(model_id: int) -> int | None:
+    """Parameter count of a COLMAP camera model id, or None for an id pycolmap does not know."""
+    try:
+        return len(pycolmap.Camera.create_from_model_id(1, pycolmap.CameraModelId(model_id), 1.0, 1, 1).params)
+    except (ValueError, TypeError, RuntimeError):
+        return None
+
+
+def _check_binary_layout(folder: Path) -> None:
+    """Walk the binary files' record structure against their sizes before pycolmap reads them.
+
+    pycolmap trusts every count it reads: an empty or truncated ``points3D.bin`` makes it loop over
+    garbage for minutes or abort the process. This walk (the layout of COLMAP's
+    ``reconstruction_io_binary``) turns any such file into one :class:`InputError` at once.
+    """
+    if (path := folder / "cameras.bin").is_file():
+        f = _Cursor(path)
+        for _ in range(f.uint(8, "the camera count")):
+            f.take(4, "a camera id")
+            model_id = f.uint(4, "a camera model")
+            count = _num_params(model_id)
+            if count is None:
+                raise InputError(f"{path}: corrupt binary COLMAP file (unknown camera model id {model_id})")
+            f.skip_records(1, 16 + 8 * count, "camera size and parameters")
+        f.done()
+    if (path := folder / "images.bin").is_file():
+        f = _Cursor(path)
+        for _ in range(f.uint(8, "the image count")):
+            f.take(4 + 7 * 8 + 4, "an image pose")
+            f.string("image name")
+            f.skip_records(f.uint(8, "a keypoint count"), 24, "keypoints")
+        f.done()
+    if (path := folder / "points3D.bin").is_file():
+        # Hundreds of thousands of records: the walk is inlined (about 1 us per point).
+        f = _Cursor(path)
+        count = f.uint(8, "the point count")
+        data, offset, size, complete = f.data, f.offset, len(f.data), True
+        for _ in range(count):
+            if offset + _POINT_HEAD > size:
+                complete = False
+                break
+            offset += _POINT_HEAD + 8 * _TRACK_LENGTH.unpack_from(data, offset + _POINT_HEAD - 8)[0]
+        if not complete or offset > size:
+            raise InputError(
+                f"{path}: truncated or corrupt binary COLMAP file ({count} points announced, "
+                f"the file of {size} bytes ends before them)"
+            )
+        f.offset = offset
+        f.done()
+    if (path := folder / "rigs.bin").is_file():
+        f = _Cursor(path)
+        for _ in range(f.uint(8, "the rig count")):
+            f.take(4, "a rig id")
+            sensors = f.uint(4, "a sensor count")
+            if sensors:
+                f.take(8, "a reference sensor")
+            for _ in range(max(sensors - 1, 0)):
+                f.take(8, "a sensor")
+                if f.uint(1, "a sensor pose flag"):
+                    f.take(7 * 8, "a sensor pose")
+        f.done()
+    if (path := folder / "frames.bin").is_file():
+        f = _Cursor(path)
+        for _ in range(f.uint(8, "the frame count")):
+            f.take(4 + 4 + 7 * 8, "a frame pose")
+            f.skip_records(f.uint(4, "a frame's data count"), 16, "frame data ids")
+        f.done()
+
+
 def read_colmap_model(folder: str | os.PathLike[str]) -> ColmapModel:
     """Read a COLMAP model (binary preferred, else text) with its registered images in image-id order.
 
@@ -206,6 +320,7 @@ def read_colmap_model(folder: str | os.PathLike[str]) -> ColmapModel:
     for stem in ("cameras", "images", "points3D"):
         if not (folder / f"{stem}.bin").is_file() and not (folder / f"{stem}.txt").is_file():
             raise InputError(f"{folder}: not a COLMAP model (no {stem}.bin or {stem}.txt)")
+    _check_binary_layout(folder)
     try:
         rec = pycolmap.Reconstruction(folder)
     except Exception as err:  # pycolmap surfaces corrupt files as assorted C++ exception types
@@ -216,12 +331,28 @@ def read_colmap_model(folder: str | os.PathLike[str]) -> ColmapModel:
         raise InputError(f"{folder}: COLMAP model has no registered images")
     images = [rec.image(i) for i in image_ids]
     cameras = [rec.camera(image.camera_id) for image in images]
+    names = [image.name for image in images]
+    w2c = np.stack([image.cam_from_world().matrix() for image in images])
+    intrinsics = np.stack([_pinhole_matrix(camera, folder) for camera in cameras])
+    check_cameras(w2c, intrinsics, str(folder), names, label="image")
+    for name, camera in zip(names, cameras, strict=True):
+        if camera.width < 1 or camera.height < 1:
+            raise InputError(
+                f"{folder}: image {name}: camera {camera.camera_id} has size {camera.width}x{camera.height}"
+            )
     point_ids = sorted(rec.point3D_ids())
+    points = np.array([rec.point3D(p).xyz for p in point_ids], dtype=np.float64).reshape(-1, 3)
+    bad = ~np.isfinite(points).all(axis=1)
+    if bad.any():
+        raise InputError(
+            f"{folder}: {int(bad.sum())} 3D points have non-finite coordinates "
+            f"(e.g. point id {point_ids[int(np.argmax(bad))]})"
+        )
     return ColmapModel(
-        w2c=np.stack([image.cam_from_world().matrix() for image in images]),
-        intrinsics=np.stack([_pinhole_matrix(camera, folder) for camera in cameras]),
+        w2c=w2c,
+        intrinsics=intrinsics,
         image_sizes=[(camera.width, camera.height) for camera in cameras],
-        image_names=[image.name for image in images],
-        points=np.array([rec.point3D(p).xyz for p in point_ids], dtype=np.float64).reshape(-1, 3),
+        image_names=names,
+        points=points,
         colors=np.array([rec.point3D(p).color for p in point_ids], dtype=np.uint8).reshape(-1, 3),
     )

@@ -11,7 +11,8 @@ Two layouts are written, both binary little-endian through :mod:`plyfile`:
   ``f_rest`` channel-major.
 
 Readers accept what other tools produce (ASCII files, float colours, extra properties, any
-property order) and turn anything unusable into a one-line :class:`~da3_nerfstudio.errors.InputError`.
+property order) and turn anything unusable (truncated or garbled files, missing or list properties, NaN or
+inf values, zero quaternions) into a one-line :class:`~da3_nerfstudio.errors.InputError`.
 """
 
 from __future__ import annotations
@@ -45,13 +46,30 @@ def _read_vertices(path: str | os.PathLike[str]) -> np.ndarray:
         # Memory-mapped reading is plyfile's fast path for binary files (the row-by-row one takes
         # seconds per 100k splats); the data are copied out below so the file is not held open.
         ply = PlyData.read(str(path), mmap="r")
-    except PlyParseError as err:
-        raise InputError(f"{path}: not a readable PLY file ({err})") from err
-    except (ValueError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: not a readable PLY file ({err})") from err
-    if "vertex" not in ply or ply["vertex"].count == 0:
-        raise InputError(f"{path}: PLY file has no vertices")
-    return np.array(ply["vertex"].data)
+    except (PlyParseError, ValueError, UnicodeDecodeError, OSError, IndexError) as err:
+        message = " ".join(str(err).split())
+        raise InputError(f"{path}: not a readable PLY file ({message})") from None
+    if "vertex" not in ply:
+        elements = ", ".join(e.name for e in ply.elements) or "none"
+        raise InputError(f"{path}: PLY file has no vertices (no 'vertex' element; elements: {elements})")
+    if ply["vertex"].count == 0:
+        raise InputError(f"{path}: PLY file has no vertices (0 vertices)")
+    vertices = np.array(ply["vertex"].data)
+    lists = [name for name in vertices.dtype.names or () if vertices.dtype[name].hasobject]
+    if lists:
+        raise InputError(f"{path}: vertex properties {', '.join(lists)} are lists, expected one number per vertex")
+    return vertices
+
+
+def _finite_columns(path: Path, vertices: np.ndarray, names: list[str]) -> None:
+    """Refuse NaN or inf in the named vertex properties, naming the first offending one and vertex."""
+    for name in names:
+        bad = ~np.isfinite(vertices[name].astype(np.float64))
+        if bad.any():
+            raise InputError(
+                f"{path}: {int(bad.sum())} vertices have a non-finite {name} (NaN or inf), "
+                f"first vertex {int(np.argmax(bad))}"
+            )
 
 
 def _write_vertices(path: str | os.PathLike[str], vertices: np.ndarray, comments: list[str]) -> None:
@@ -105,6 +123,7 @@ def _colors_to_uint8(path: Path, vertices: np.ndarray) -> np.ndarray:
         raise InputError(f"{path}: PLY vertices have no colour (missing {', '.join(missing)})")
     colors = np.stack([vertices[c] for c in ("red", "green", "blue")], axis=1)
     if np.issubdtype(colors.dtype, np.floating):
+        _finite_columns(path, vertices, ["red", "green", "blue"])
         return np.clip(np.rint(colors.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
     if colors.size and (colors.min() < 0 or colors.max() > 255):
         raise InputError(f"{path}: integer colours outside 0..255 (dtype {colors.dtype}) are not supported")
@@ -119,6 +138,7 @@ def read_point_cloud_ply(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.n
     missing = [c for c in "xyz" if c not in names]
     if missing:
         raise InputError(f"{path}: PLY vertices have no position (missing {', '.join(missing)})")
+    _finite_columns(Path(path), vertices, ["x", "y", "z", *(["confidence"] if "confidence" in names else [])])
     points = np.stack([vertices[c] for c in "xyz"], axis=1).astype(np.float32)
     colors = _colors_to_uint8(Path(path), vertices)
     confidence = vertices["confidence"].astype(np.float32) if "confidence" in names else None
@@ -271,6 +291,14 @@ def read_splat_ply(path: str | os.PathLike[str]) -> SplatData:
             "with K in {0,3,8,15}"
         )
     n = len(vertices)
+    # Every value a renderer or trainer uses must be finite; float32 overflow counts as inf.
+    _finite_columns(Path(path), vertices.astype([(p, "<f4") for p in vertices.dtype.names]), [*required, *rest_names])
+    quat_norm = np.sqrt(sum(vertices[f"rot_{i}"].astype(np.float64) ** 2 for i in range(4)))
+    if np.any(quat_norm == 0):
+        raise InputError(
+            f"{path}: {int((quat_norm == 0).sum())} vertices have a zero rotation quaternion (rot_0..3), "
+            f"first vertex {int(np.argmax(quat_norm == 0))}"
+        )
 
     def stack(props: list[str]) -> np.ndarray:
         if not props:

@@ -25,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from da3_nerfstudio.errors import InputError
 from da3_nerfstudio.formats.atomic import atomic_write
+from da3_nerfstudio.geometry import check_cameras
 
 # Flips the camera y and z axes: OpenCV (y down, z forward) <-> OpenGL (y up, z backward).
 _CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -39,8 +40,6 @@ _NON_PERSPECTIVE = {
     "VR180_R",
     "ORTHOPHOTO",
 }
-# Tolerance on R^T R = I for a transform_matrix rotation; generous enough for 6-digit JSON floats.
-_ROTATION_TOL = 1e-3
 
 
 def frames_from_cameras(
@@ -139,6 +138,14 @@ def _number(path: Path, where: str, key: str, value: Any) -> float:
     return float(value)
 
 
+def _angle(path: Path, where: str, key: str, value: Any) -> float:
+    """A field of view in radians, strictly between 0 and pi (a pinhole camera sees less than 180 degrees)."""
+    angle = _number(path, where, key, value)
+    if not 0 < angle < math.pi:
+        raise InputError(f"{path}: {where}: {key} must be a field of view in (0, pi) radians, got {angle!r}")
+    return angle
+
+
 def _image_size(path: Path, where: str, file_path: str) -> tuple[int, int]:
     """Size of a frame's image, for Blender-style files that give no ``w``/``h``."""
     image_path = path.parent / file_path
@@ -166,24 +173,22 @@ def _frame_camera(
     if "fl_x" in values:
         fx = _number(path, where, "fl_x", values["fl_x"])
     elif "camera_angle_x" in values:
-        fx = 0.5 * width / math.tan(0.5 * _number(path, where, "camera_angle_x", values["camera_angle_x"]))
+        fx = 0.5 * width / math.tan(0.5 * _angle(path, where, "camera_angle_x", values["camera_angle_x"]))
     else:
         raise InputError(f"{path}: {where}: no focal length (fl_x or camera_angle_x)")
     if "fl_y" in values:
         fy = _number(path, where, "fl_y", values["fl_y"])
     elif "camera_angle_y" in values:
-        fy = 0.5 * height / math.tan(0.5 * _number(path, where, "camera_angle_y", values["camera_angle_y"]))
+        fy = 0.5 * height / math.tan(0.5 * _angle(path, where, "camera_angle_y", values["camera_angle_y"]))
     else:
         fy = fx
-    if fx <= 0 or fy <= 0:
-        raise InputError(f"{path}: {where}: focal lengths must be positive, got {fx}, {fy}")
     cx = _number(path, where, "cx", values["cx"]) if "cx" in values else width / 2
     cy = _number(path, where, "cy", values["cy"]) if "cy" in values else height / 2
     return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]]), (int(width), int(height))
 
 
-def _frame_w2c(path: Path, index: int, frame: dict[str, Any]) -> np.ndarray:
-    """OpenCV world-to-camera matrix of one frame, after checking its ``transform_matrix``."""
+def _frame_c2w(path: Path, index: int, frame: dict[str, Any]) -> np.ndarray:
+    """A frame's ``transform_matrix`` as a 4x4 float array (rigidity is checked with all cameras)."""
     where = f"frame {index}"
     try:
         c2w_gl = np.array(frame["transform_matrix"], dtype=np.float64)
@@ -191,18 +196,7 @@ def _frame_w2c(path: Path, index: int, frame: dict[str, Any]) -> np.ndarray:
         raise InputError(f"{path}: {where}: missing or non-numeric transform_matrix") from err
     if c2w_gl.shape != (4, 4):
         raise InputError(f"{path}: {where}: transform_matrix must be 4x4, got shape {c2w_gl.shape}")
-    if not np.all(np.isfinite(c2w_gl)):
-        raise InputError(f"{path}: {where}: transform_matrix has non-finite values")
-    rotation = c2w_gl[:3, :3]
-    if (
-        not np.allclose(rotation.T @ rotation, np.eye(3), atol=_ROTATION_TOL)
-        or np.linalg.det(rotation) <= 0
-        or not np.allclose(c2w_gl[3], [0, 0, 0, 1], atol=_ROTATION_TOL)
-    ):
-        raise InputError(f"{path}: {where}: transform_matrix is not a rigid pose (degenerate rotation)")
-    # A true inverse rather than R^T: float32-sourced rotations are only orthonormal to ~1e-7, and the
-    # reader must give back exactly the w2c that frames_from_cameras inverted.
-    return np.linalg.inv(c2w_gl @ _CV_TO_GL)
+    return c2w_gl
 
 
 def read_transforms_json(
@@ -233,13 +227,13 @@ def read_transforms_json(
     if camera_model in _NON_PERSPECTIVE:
         raise InputError(f"{path}: camera_model {camera_model} is not a pinhole camera and is not supported")
     defaults = {k: meta[k] for k in _INTRINSIC_KEYS if k in meta}
-    w2c, intrinsics, sizes, file_paths, distorted = [], [], [], [], []
+    c2w_gl, intrinsics, sizes, file_paths, distorted = [], [], [], [], []
     for index, frame in enumerate(frames):
         if not isinstance(frame, dict) or not isinstance(frame.get("file_path"), str):
             raise InputError(f"{path}: frame {index}: expected an object with a 'file_path' string")
         if any(frame.get(k, meta.get(k, 0)) != 0 for k in _DISTORTION_KEYS):
             distorted.append(index)
-        w2c.append(_frame_w2c(path, index, frame))
+        c2w_gl.append(_frame_c2w(path, index, frame))
         k, size = _frame_camera(path, index, frame, defaults)
         intrinsics.append(k)
         sizes.append(size)
@@ -249,4 +243,8 @@ def read_transforms_json(
             f"{path}: lens distortion of {len(distorted)} frame(s) is ignored (pinhole fl/cx/cy used)",
             stacklevel=2,
         )
-    return np.stack(w2c), np.stack(intrinsics), sizes, file_paths
+    # Rigidity holds for a pose and its inverse alike: the camera-to-world matrices are checked as read.
+    check_cameras(np.stack(c2w_gl), np.stack(intrinsics), str(path), file_paths, label="frame")
+    # A true inverse rather than R^T: float32-sourced rotations are only orthonormal to ~1e-7, and the
+    # reader must give back exactly the w2c that frames_from_cameras inverted.
+    return np.linalg.inv(np.stack(c2w_gl) @ _CV_TO_GL), np.stack(intrinsics), sizes, file_paths

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 CHECKPOINT_FILES = ("config.json", "model.safetensors")
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl")
 _SHOW = 5
+#: safetensors dtypes accepted for weights. They are cast to the model's float32 parameters: exact for
+#: float16 and bfloat16 (the official checkpoints are float32 or bfloat16; a float16 export loses
+#: nothing more on loading), rounding for float64; every value must then be finite.
+FLOAT_DTYPES = ("F32", "BF16", "F16", "F64")
 
 
 def _refuse_pickle(path: Path) -> None:
@@ -76,6 +80,8 @@ def read_model_name(folder: Path) -> str:
         data = json.loads(config.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{config}: not valid JSON ({err})") from None
+    except OSError as err:
+        raise CheckpointError(f"{config}: cannot be read ({err.strerror or err})") from None
     name = data.get("model_name") if isinstance(data, dict) else None
     if not isinstance(name, str):
         raise CheckpointError(f'{config}: no "model_name" entry')
@@ -100,7 +106,8 @@ def _first(keys: set[str]) -> str:
 
 
 def load_state_dict_strict(model: torch.nn.Module, weights: Path) -> None:
-    """Load a safetensors file into ``model``, requiring exactly its keys and shapes."""
+    """Load a safetensors file into ``model``, requiring exactly its keys and shapes, floating-point
+    weights (cast to the model's dtype) and finite values; the first offending key is named."""
     expected = model.state_dict()
     try:
         with safe_open(str(weights), framework="pt") as f:
@@ -115,12 +122,24 @@ def load_state_dict_strict(model: torch.nn.Module, weights: Path) -> None:
                 raise CheckpointError(f"{weights}: does not match the model's keys; " + "; ".join(parts))
             tensors = {}
             for key in expected:
-                shape = tuple(f.get_slice(key).get_shape())
+                view = f.get_slice(key)
+                shape, dtype = tuple(view.get_shape()), view.get_dtype()
                 if shape != tuple(expected[key].shape):
                     raise CheckpointError(
                         f"{weights}: shape mismatch for {key}: file {list(shape)}, model {list(expected[key].shape)}"
                     )
-                tensors[key] = f.get_tensor(key)
+                if dtype not in FLOAT_DTYPES:
+                    raise CheckpointError(
+                        f"{weights}: {key} has dtype {dtype}; weights must be floating point "
+                        f"({', '.join(FLOAT_DTYPES)})"
+                    )
+                # Cast to the model's dtype first: float64 values beyond float32's range become inf here.
+                tensor = f.get_tensor(key).to(expected[key].dtype)
+                # min and max propagate NaN and show inf: one pass, about 8x cheaper than isfinite().all().
+                if tensor.numel() and not all(torch.isfinite(v) for v in torch.aminmax(tensor)):
+                    bad = int((~torch.isfinite(tensor)).sum())
+                    raise CheckpointError(f"{weights}: {key} has {bad} non-finite values (NaN or inf)")
+                tensors[key] = tensor
     except SafetensorError as err:
         raise CheckpointError(f"{weights}: corrupt or not a safetensors file ({err})") from None
     except (OSError, ValueError, RuntimeError) as err:
