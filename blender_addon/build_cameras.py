@@ -48,7 +48,10 @@ def _image(view: CameraView) -> bpy.types.Image | None:
         img.pack()  # generated pixels would be lost on save otherwise
         return img
     if view.image_path is not None and Path(view.image_path).is_file():
-        return bpy.data.images.load(str(view.image_path), check_existing=True)
+        try:
+            return bpy.data.images.load(str(view.image_path), check_existing=True)
+        except RuntimeError:  # a file Blender cannot decode: the camera is still right, only its backdrop is missing
+            return None
     return None
 
 
@@ -94,7 +97,9 @@ def create_cameras(
         objects.append(obj)
     warnings = []
     if missing:
-        warnings.append(f"{len(missing)} image(s) not found, e.g. {missing[0]}; cameras created without them")
+        warnings.append(
+            f"{len(missing)} image(s) not found or unreadable, e.g. {missing[0]}; cameras created without them"
+        )
     if len({(v.width, v.height) for v in views}) > 1:
         warnings.append("views have different image sizes; scene resolution follows the first view")
     set_render_size(scene, first)

@@ -187,11 +187,12 @@ class DA3_OT_backproject_depth(bpy.types.Operator):
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         cameras = [o for o in context.selected_objects if o.get(importers.NPZ_KEY)]
-        try:
-            points = [importers.backproject_camera(camera, self.stride) for camera in cameras]
+        try:  # every depth map is read and checked before the first cloud is created
+            depth = [importers.camera_depth_points(camera, self.stride) for camera in cameras]
         except InputError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
+        points = [importers.add_depth_cloud(c, d, self.stride) for c, d in zip(cameras, depth, strict=True)]
         _colour_solid_view(context, points, True)
         for note in filter(None, map(solid_colours_note, points)):
             self.report({"INFO"}, note)
