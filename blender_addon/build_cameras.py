@@ -10,6 +10,7 @@ from mathutils import Matrix
 
 from . import camera_math
 from .build_common import adopt
+from .errors import InputError
 from .scene_data import CameraView
 
 ANIMATED_NAME = "DA3 Animated Camera"
@@ -163,6 +164,8 @@ def view_from_camera(
     b = camera_math.BlenderIntrinsics(cam.lens, fit, sensor, cam.shift_x, cam.shift_y, pax, pay, w, h)
     fx, fy, cx, cy = camera_math.from_blender(b)
     m = to_file @ obj.matrix_world
+    if not m.to_3x3().determinant() > 1e-12:  # also false for NaN
+        raise InputError(f"{obj.name}: zero or mirroring scale leaves the camera without a pose to export")
     loc, rot, _ = m.decompose()  # drop any object scale: a camera pose is rigid
     pose = Matrix.LocRotScale(loc, rot, None)
     image_path = None
