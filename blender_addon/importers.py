@@ -127,10 +127,10 @@ def import_predictions(
 
 
 def _depth_points(pred: Predictions, index: int, stride: int) -> PointData:
-    """The back-projected depth of one view, refused when no pixel has a valid depth."""
+    """The back-projected depth of one view, refused when the stride samples no valid depth pixel."""
     points = backproject(pred, index, max(1, stride))
     if len(points.positions) == 0:
-        raise InputError(f"{pred.path}: view {index} has no valid depth (all NaN, inf, <= 0 or sky)")
+        raise InputError(f"{pred.path}: view {index} has no valid depth pixel at pixel stride {max(1, stride)}")
     return points
 
 

@@ -262,6 +262,11 @@ def read_splat_ply(path: str | os.PathLike) -> SplatData:
         _finite(path, what, values)
     _finite(path, "f_rest coefficients", rest.transpose(1, 0, 2))
     means, scales_log, rotations, opacity, sh_dc = outs
+    zero = ~rotations.any(axis=1)
+    if zero.any():  # no orientation to normalise to; the core reader refuses these too
+        raise InputError(
+            f"{path}: {int(zero.sum())} of {len(zero)} vertices have a zero rotation quaternion (rot_0..3)"
+        )
     return SplatData(
         means=means,
         scales_log=scales_log,

@@ -81,24 +81,28 @@ def read_predictions(path: str | os.PathLike) -> Predictions:
         raise InputError(f"{path}: 'intrinsics' must be ({n}, 3, 3), got {arrays['intrinsics'].shape}")
     for i in range(n):
         _check_view(path, i, extrinsics[i], intrinsics[i])
-    conf = arrays.get("conf")
+    conf = _per_pixel(path, "conf", arrays.get("conf"), depth.shape, arrays["depth"].shape)
     if conf is not None:
-        if conf.shape not in (depth.shape, arrays["depth"].shape):
-            raise InputError(f"{path}: 'conf' must have the shape of 'depth' {depth.shape}, got {conf.shape}")
-        conf = np.asarray(conf, dtype=np.float32).reshape(depth.shape)
+        if not np.isfinite(conf).all():
+            raise InputError(f"{path}: 'conf' has {int((~np.isfinite(conf)).sum())} non-finite values")
+        conf = conf.astype(np.float32)
+    sky = _per_pixel(path, "sky", arrays.get("sky"), depth.shape, arrays["depth"].shape)
+    if sky is not None:
+        if not np.isfinite(sky).all():
+            raise InputError(f"{path}: 'sky' has non-finite values")
+        sky = sky >= 0.5 if sky.dtype.kind == "f" else sky != 0
+    valid = (np.isfinite(depth) & (depth > 0) & (True if sky is None else ~sky)).any(axis=(1, 2))
+    if not valid.all():
+        index = int(np.flatnonzero(~valid)[0])
+        raise InputError(f"{path}: view {index}: depth has no valid pixel (all NaN, inf, <= 0 or sky)")
     images = arrays.get("images", arrays.get("image"))
     if images is not None:
         images = _images(path, images, (n, h, w))
     names = [f"{path.stem}_{i:03d}" for i in range(n)]
     if "names" in arrays and arrays["names"].size:  # Prediction.save writes an empty array for no names
-        if arrays["names"].shape != (n,):
+        if arrays["names"].size != n:
             raise InputError(f"{path}: 'names' must hold one name per view ({n}), got shape {arrays['names'].shape}")
-        names = [Path(str(s)).stem for s in arrays["names"]]
-    sky = arrays.get("sky")
-    if sky is not None:
-        if sky.shape not in (depth.shape, arrays["depth"].shape):
-            raise InputError(f"{path}: 'sky' must have the shape of 'depth' {depth.shape}, got {sky.shape}")
-        sky = np.asarray(sky, dtype=bool).reshape(depth.shape)
+        names = [Path(str(s)).stem for s in arrays["names"].reshape(-1)]
     gaussians = _read_gaussians(path, arrays)
     return Predictions(path, depth, conf, extrinsics, intrinsics, images, names, sky, gaussians)
 
@@ -118,13 +122,37 @@ def _check_view(path: Path, index: int, extrinsics: np.ndarray, k: np.ndarray) -
         )
 
 
+def _per_pixel(
+    path: Path, key: str, array: np.ndarray | None, shape: tuple[int, ...], file_shape: tuple[int, ...]
+) -> np.ndarray | None:
+    """An optional per-pixel map shaped like the depth (as stored, or with its view axis added)."""
+    if array is None:
+        return None
+    if array.dtype.kind not in "fiub" or array.shape not in (shape, file_shape):
+        raise InputError(f"{path}: '{key}' must be numbers shaped like 'depth' {shape}, got {array.shape}")
+    return array.reshape(shape)
+
+
 def _images(path: Path, images: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    """(N, H, W, 3|4) 8-bit images matching the depth maps; anything else would show wrong pixels."""
-    if images.ndim != 4 or images.shape[:3] != shape or images.shape[3] not in (3, 4):
-        raise InputError(f"{path}: images have shape {images.shape}, expected ({', '.join(map(str, shape))}, 3)")
-    if images.dtype != np.uint8:
-        raise InputError(f"{path}: images must be uint8 (0..255), got dtype {images.dtype}")
-    return images
+    """(N, H, W, 3) uint8 from 8-bit or [0, 1] float images, RGB, RGBA (alpha dropped) or grey (replicated).
+
+    The same reading as the core's ``Prediction.load``: anything else would show other pixels than the
+    network saw.
+    """
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[:3] != shape or images.shape[3] not in (1, 3, 4):
+        raise InputError(
+            f"{path}: images have shape {images.shape}, expected ({', '.join(map(str, shape))}, 3), RGBA or grey"
+        )
+    if images.dtype.kind == "f":
+        if not np.isfinite(images).all() or images.min() < 0 or images.max() > 1:
+            raise InputError(f"{path}: float image values must be finite and in [0, 1]")
+        images = np.rint(images.astype(np.float64) * 255.0)
+    elif images.dtype.kind not in "iu" or images.min() < 0 or images.max() > 255:
+        raise InputError(f"{path}: images must be uint8, integers in 0..255 or floats in [0, 1], got {images.dtype}")
+    images = images.astype(np.uint8)
+    return np.repeat(images, 3, axis=-1) if images.shape[3] == 1 else np.ascontiguousarray(images[..., :3])
 
 
 def _read_gaussians(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:

@@ -304,10 +304,25 @@ CASES: list[tuple[str, str, Callable[[Path], Path], str]] = [
     ("npz-scaled", "import_predictions", lambda t: _npz(t, extrinsics=_extrinsics(2 * np.eye(3))), "not a rotation"),
     ("npz-mirrored", "import_predictions", lambda t: _npz(t, extrinsics=_extrinsics(_MIRROR)), "not a rotation"),
     ("npz-nan-pose", "import_predictions", lambda t: _npz(t, extrinsics=_extrinsics(t=np.inf)), "non-finite"),
-    ("npz-grey", "import_predictions", lambda t: _npz(t, image=np.zeros((2, 6, 8), np.uint8)), "images have shape"),
+    ("npz-image-5ch", "import_predictions", lambda t: _npz(t, image=np.zeros((2, 6, 8, 5), np.uint8)), "images have"),
+    ("npz-bool-image", "import_predictions", lambda t: _npz(t, image=np.ones((2, 6, 8, 3), bool)), "must be uint8"),
+    ("npz-16bit-image", "import_predictions", lambda t: _npz(t, image=np.full((2, 6, 8, 3), 300)), "must be uint8"),
+    ("npz-nan-conf", "import_predictions", lambda t: _npz(t, conf=np.full((2, 6, 8), np.nan)), "'conf' has 96 non-f"),
+    (
+        "npz-no-valid-depth",
+        "import_predictions",
+        lambda t: _npz(t, depth=np.stack([np.ones((6, 8)), np.full((6, 8), np.nan)])),
+        "view 1: depth has no valid pixel (all NaN, inf, <= 0 or sky)",
+    ),
+    (
+        "npz-all-sky",
+        "import_predictions",
+        lambda t: _npz(t, sky=np.stack([np.zeros((6, 8)), np.ones((6, 8))])),
+        "view 1: depth has no valid pixel",
+    ),
     ("npz-image-size", "import_predictions", lambda t: _npz(t, image=np.zeros((2, 5, 8, 3), np.uint8)), "images have"),
-    ("npz-float-image", "import_predictions", lambda t: _npz(t, image=np.ones((2, 6, 8, 3))), "must be uint8"),
-    ("npz-conf-shape", "import_predictions", lambda t: _npz(t, conf=np.ones((2, 3))), "'conf' must have the shape"),
+    ("npz-float-image", "import_predictions", lambda t: _npz(t, image=np.full((2, 6, 8, 3), 2.0)), "in [0, 1]"),
+    ("npz-conf-shape", "import_predictions", lambda t: _npz(t, conf=np.ones((2, 3))), "'conf' must be numbers shaped"),
     ("npz-names", "import_predictions", lambda t: _npz(t, names=np.array(["a", "b", "c"])), "'names' must hold one"),
     ("npz-gauss-partial", "import_predictions", lambda t: _npz(t, gaussians_means=np.zeros((2, 3))), "incomplete"),
     (
@@ -371,6 +386,7 @@ CASES: list[tuple[str, str, Callable[[Path], Path], str]] = [
     ("splat-inf-opacity", "import_splats", lambda t: _splats(t, opacity=np.inf), "non-finite opacities"),
     ("splat-nan-rotation", "import_splats", lambda t: _splats(t, rot_2=np.nan), "non-finite rotations"),
     ("splat-nan-dc", "import_splats", lambda t: _splats(t, f_dc_0=np.nan), "non-finite f_dc colours"),
+    ("splat-zero-quaternion", "import_splats", lambda t: _splats(t, rot_0=0.0), "1 of 2 vertices have a zero rot"),
     ("splat-nan-rest", "import_splats", lambda t: _splats(t, rest=9, f_rest_4=np.nan), "non-finite f_rest"),
     ("splat-rest-count", "import_splats", lambda t: _splats(t, rest=5), "5 f_rest properties"),
     ("splat-truncated", "import_splats", lambda t: _raw(t, _splats(t).read_bytes()[:-9], "s.ply"), "truncated PLY"),
@@ -388,14 +404,21 @@ def test_bad_input_is_refused_with_one_line_and_creates_nothing(addon, tmp_path,
     assert_unchanged(files, tmp_path)
 
 
-def test_depth_points_refuse_the_whole_import_when_one_view_has_no_depth(addon, tmp_path):
+def _sparse_depth_npz(tmp: Path) -> Path:
+    """Two views; the second has one valid depth pixel, at odd row and column: stride 2 never samples it."""
     depth = np.ones((2, 6, 8), np.float32)
     depth[1] = np.nan
-    path = _npz(tmp_path, depth=depth)
-    state = blender_state()
-    line = operator_error("import_predictions", filepath=str(path), depth_points=True)
-    assert line == f"{path}: view 1 has no valid depth (all NaN, inf, <= 0 or sky)"
+    depth[1, 3, 5] = 2.0
+    return _npz(tmp, depth=depth)
+
+
+def test_depth_points_refuse_the_whole_import_when_one_view_has_none(addon, tmp_path):
+    path = _sparse_depth_npz(tmp_path)
+    files, state = snapshot(tmp_path), blender_state()
+    line = operator_error("import_predictions", filepath=str(path), depth_points=True, stride=2)
+    assert line == f"{path}: view 1 has no valid depth pixel at pixel stride 2"
     assert blender_state() == state
+    assert_unchanged(files, tmp_path)
 
 
 def _select(objects: list[bpy.types.Object]) -> None:
@@ -405,15 +428,13 @@ def _select(objects: list[bpy.types.Object]) -> None:
 
 
 def test_depth_to_points_checks_every_selected_camera_before_creating_any_cloud(addon, tmp_path):
-    depth = np.ones((2, 6, 8), np.float32)
-    depth[1] = -1.0
-    path = _npz(tmp_path, depth=depth)
+    path = _sparse_depth_npz(tmp_path)
     assert bpy.ops.da3.import_predictions(filepath=str(path), splats=False) == {"FINISHED"}
     cameras = sorted((o for o in bpy.data.objects if o.type == "CAMERA"), key=lambda o: o.name)
     _select(cameras)
     state = blender_state()
-    line = operator_error("backproject_depth")
-    assert line == f"{path.resolve()}: view 1 has no valid depth (all NaN, inf, <= 0 or sky)"
+    line = operator_error("backproject_depth", stride=2)
+    assert line == f"{path.resolve()}: view 1 has no valid depth pixel at pixel stride 2"
     assert blender_state() == state
     path.unlink()
     assert operator_error("backproject_depth") == f"{path.resolve()}: file not found"
