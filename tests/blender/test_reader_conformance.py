@@ -205,7 +205,10 @@ def test_colmap_text_model_out_of_order_with_distortion(tmp_path):
         "1 OPENCV 320 200 300 310 160 100 0.1 -0.02 0.001 0.002\n"
     )
     c, h = np.cos(np.pi / 8), np.sqrt(0.5)  # full precision: both readers take unit quaternions as stored
-    q = [" ".join(map(repr, v)) for v in [(c, 0.0, np.sin(np.pi / 8), 0.0), (1.0, 0.0, 0.0, 0.0), (h, h, 0.0, 0.0)]]
+    q = [
+        " ".join(repr(float(x)) for x in v)
+        for v in [(c, 0.0, np.sin(np.pi / 8), 0.0), (1.0, 0.0, 0.0, 0.0), (h, h, 0.0, 0.0)]
+    ]
     lines = [f"3 {q[0]} 0 -1 2 1 z.jpg\n\n", f"1 {q[1]} 0.5 0 1 2 b.jpg\n\n", f"2 {q[2]} 0 0 3 1 a.jpg\n\n"]
     (model / "images.txt").write_text("".join(lines))
     (model / "points3D.txt").write_text("9 0 0 5 255 0 0 0.1\n2 1 2 3 0 128 255 0.2\n5 -1 0 4 10 20 30 0.3\n")
