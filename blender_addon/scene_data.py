@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import camera_math
 from .errors import InputError
 
 # Blender and OpenGL cameras look down -Z with +Y up; OpenCV cameras look down +Z with +Y down.
@@ -75,6 +76,22 @@ class CameraView:
             raise InputError(f"{where}: focal length must be positive, got fx={self.fx:g}, fy={self.fy:g}")
         if self.width <= 0 or self.height <= 0:
             raise InputError(f"{where}: image size must be positive, got {self.width} x {self.height}")
+        low, high = camera_math.RESOLUTION_RANGE
+        if not (low <= self.width <= high and low <= self.height <= high):
+            raise InputError(
+                f"{where}: image size {self.width} x {self.height} is outside Blender's render range {low}..{high}"
+            )
+        b = camera_math.to_blender(self.fx, self.fy, self.cx, self.cy, self.width, self.height)
+        if b.lens < camera_math.MIN_LENS_MM:
+            raise InputError(
+                f"{where}: field of view too wide for a Blender camera (fx={self.fx:g}, fy={self.fy:g} for "
+                f"{self.width} x {self.height} need a {b.lens:.3g} mm lens, the minimum is {camera_math.MIN_LENS_MM:g})"
+            )
+        if max(b.pixel_aspect_x, b.pixel_aspect_y) > camera_math.MAX_PIXEL_ASPECT:
+            raise InputError(
+                f"{where}: fx / fy = {self.fx / self.fy:.3g} is beyond Blender's pixel aspect limit "
+                f"{camera_math.MAX_PIXEL_ASPECT:g}"
+            )
         return self
 
     def w2c_opencv(self) -> np.ndarray:

@@ -211,6 +211,10 @@ CASES: list[tuple[str, str, Callable[[Path], Path], str]] = [
     ("json-string-focal", "import_dataset", lambda t: _transforms(t, fl_x="50"), "fl_x must be a finite number"),
     ("json-inf-cx", "import_dataset", lambda t: _transforms(t, cx=float("inf")), "cx must be a finite number"),
     ("json-zero-width", "import_dataset", lambda t: _transforms(t, w=0), "w must be a positive whole number"),
+    ("json-tiny-image", "import_dataset", lambda t: _transforms(t, w=3), "3 x 48 is outside Blender's render range"),
+    ("json-huge-image", "import_dataset", lambda t: _transforms(t, h=70000), "outside Blender's render range 4..65536"),
+    ("json-fov-too-wide", "import_dataset", lambda t: _transforms(t, fl_x=1.0, fl_y=1.0), "field of view too wide"),
+    ("json-pixel-aspect", "import_dataset", lambda t: _transforms(t, fl_x=12500.0), "fx / fy = 250 is beyond"),
     ("json-fractional-h", "import_dataset", lambda t: _transforms(t, h=47.5), "h must be a positive whole number"),
     (
         "json-zero-angle",
