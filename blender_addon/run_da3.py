@@ -58,6 +58,14 @@ def poll_jobs() -> float | None:
     return POLL_SECONDS if JOBS else None
 
 
+def _extra_args(text: str) -> list[str]:
+    """The preference's extra arguments, split like a shell would; a syntax error names the preference."""
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise InputError(f"Extra Arguments (add-on preferences): {exc} in {text!r}") from exc
+
+
 class DA3_OT_run_process(bpy.types.Operator):
     """Run da3-process-data on the chosen images folder or video in the DA3 environment, then import it"""
 
@@ -79,7 +87,7 @@ class DA3_OT_run_process(bpy.types.Operator):
             if not state.output_dir.strip():
                 raise InputError("choose an output folder for DA3")
             output = Path(bpy.path.abspath(state.output_dir))
-            extra = shlex.split(prefs.extra_args) if prefs is not None else []
+            extra = _extra_args(prefs.extra_args if prefs is not None else "")
             argv = process_command(python, bpy.path.abspath(state.input_path), output, extra)
             JOBS[context.scene.name] = ProcessJob(argv, output)
         except (InputError, OSError, ValueError) as exc:

@@ -474,3 +474,34 @@ def test_bad_export_is_refused_with_one_line_and_writes_nothing(addon, tmp_path,
     assert fragment in line, line
     assert blender_state() == state
     assert_unchanged(files, tmp_path)
+
+
+RUN_CASES = [
+    ("python-unset", lambda t: ("", t / "images", t / "out", ""), "DA3 Python environment is not set"),
+    ("python-missing", lambda t: (t / "nope" / "python", t / "images", t / "out", ""), "interpreter not found"),
+    ("python-folder", lambda t: (t / "images", t / "images", t / "out", ""), "no Python interpreter in this env"),
+    ("input-unset", lambda t: (sys.executable, "", t / "out", ""), "choose an images folder or a video"),
+    ("input-missing", lambda t: (sys.executable, t / "nope", t / "out", ""), "input images folder or video not"),
+    ("output-unset", lambda t: (sys.executable, t / "images", "", ""), "choose an output folder"),
+    ("output-file", lambda t: (sys.executable, t / "images", t / "images" / "a.jpg", ""), "is a file; choose a"),
+    ("extra-quote", lambda t: (sys.executable, t / "images", t / "out", '--views "4'), "Extra Arguments (add-on"),
+]
+
+
+@pytest.mark.parametrize(("build", "fragment"), [c[1:] for c in RUN_CASES], ids=[c[0] for c in RUN_CASES])
+def test_bad_run_settings_are_refused_before_any_process_starts(addon, tmp_path, build, fragment):
+    from da3_blender.run_da3 import JOBS
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.jpg").write_bytes(b"\xff\xd8 a user's photo")
+    python, source, output, extra = build(tmp_path)
+    prefs = bpy.context.preferences.addons["da3_blender"].preferences
+    prefs.python_path, prefs.extra_args = str(python), extra
+    state = bpy.context.scene.da3
+    state.input_path, state.output_dir = str(source), str(output)
+    files, before = snapshot(tmp_path), blender_state()
+    line = operator_error("run_process")
+    assert fragment in line, line
+    assert not JOBS and not state.running and state.failed and state.status == line
+    assert blender_state() == before
+    assert_unchanged(files, tmp_path)
