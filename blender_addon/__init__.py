@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import bpy
 
-from . import operators, ui
+from . import operators, run_da3, ui
 
-_CLASSES = (*ui.CLASSES, *operators.CLASSES)
+_CLASSES = (*ui.CLASSES, *operators.CLASSES, *run_da3.CLASSES)
 
 
 def register() -> None:
@@ -22,7 +22,7 @@ def register() -> None:
 
 
 def unregister() -> None:
-    operators.stop_all_jobs()
+    run_da3.stop_all_jobs()
     bpy.types.TOPBAR_MT_file_export.remove(ui.menu_export)
     bpy.types.TOPBAR_MT_file_import.remove(ui.menu_import)
     del bpy.types.Scene.da3

@@ -10,6 +10,7 @@ from mathutils import Matrix
 
 from . import camera_math
 from .build_common import adopt
+from .errors import InputError
 from .scene_data import CameraView
 
 ANIMATED_NAME = "DA3 Animated Camera"
@@ -48,7 +49,10 @@ def _image(view: CameraView) -> bpy.types.Image | None:
         img.pack()  # generated pixels would be lost on save otherwise
         return img
     if view.image_path is not None and Path(view.image_path).is_file():
-        return bpy.data.images.load(str(view.image_path), check_existing=True)
+        try:
+            return bpy.data.images.load(str(view.image_path), check_existing=True)
+        except RuntimeError:  # a file Blender cannot decode: the camera is still right, only its backdrop is missing
+            return None
     return None
 
 
@@ -94,7 +98,9 @@ def create_cameras(
         objects.append(obj)
     warnings = []
     if missing:
-        warnings.append(f"{len(missing)} image(s) not found, e.g. {missing[0]}; cameras created without them")
+        warnings.append(
+            f"{len(missing)} image(s) not found or unreadable, e.g. {missing[0]}; cameras created without them"
+        )
     if len({(v.width, v.height) for v in views}) > 1:
         warnings.append("views have different image sizes; scene resolution follows the first view")
     set_render_size(scene, first)
@@ -158,6 +164,8 @@ def view_from_camera(
     b = camera_math.BlenderIntrinsics(cam.lens, fit, sensor, cam.shift_x, cam.shift_y, pax, pay, w, h)
     fx, fy, cx, cy = camera_math.from_blender(b)
     m = to_file @ obj.matrix_world
+    if not m.to_3x3().determinant() > 1e-12:  # also false for NaN
+        raise InputError(f"{obj.name}: zero or mirroring scale leaves the camera without a pose to export")
     loc, rot, _ = m.decompose()  # drop any object scale: a camera pose is rigid
     pose = Matrix.LocRotScale(loc, rot, None)
     image_path = None

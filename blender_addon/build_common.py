@@ -11,6 +11,10 @@ from mathutils import Matrix
 # Rx(-90 deg): OpenCV-style worlds (y down, z forward, as DA3 and COLMAP produce) -> Blender Z-up.
 Z_UP = Matrix(((1.0, 0.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0), (0.0, -1.0, 0.0, 0.0), (0.0, 0.0, 0.0, 1.0)))
 ROOT_TAG = "da3_root"
+# Names shared by the point and splat carriers: their colour attribute and the modifier input that realises
+# geometry so Solid view shows it.
+COLOR_ATTRIBUTE = "Col"
+SOLID_COLOURS_INPUT = "Solid Colours"
 
 # foreach_set key and numpy dtype per attribute type; any other dtype falls back to a per-element copy
 # that is ~150x slower, so values are always converted to exactly these first.
@@ -137,3 +141,95 @@ def find_root(obj: bpy.types.Object | None) -> bpy.types.Object | None:
             return obj
         obj = obj.parent
     return None
+
+
+def new_point_object(
+    name: str,
+    positions: np.ndarray,
+    attributes: list[tuple[str, str, np.ndarray]],
+    collection: bpy.types.Collection,
+) -> bpy.types.Object:
+    """A vertex-only mesh object holding ``positions`` plus point attributes, all written with foreach_set."""
+    data = bpy.data.meshes.new(name)
+    data.vertices.add(len(positions))
+    set_attribute(data, "position", "FLOAT_VECTOR", positions)
+    for attr_name, kind, values in attributes:
+        set_attribute(data, attr_name, kind, values)
+    obj = bpy.data.objects.new(name, data)
+    collection.objects.link(obj)
+    return obj
+
+
+def set_active_color(mesh: bpy.types.Mesh, name: str) -> None:
+    """Make ``name`` the colour that Solid view's Attribute colouring and renders use by default."""
+    colors = mesh.color_attributes
+    attr = colors.get(name)
+    if attr is None:
+        return
+    colors.active_color = attr
+    colors.render_color_index = colors.find(name)
+
+
+def has_point_colours(obj: bpy.types.Object, modifier: str) -> bool:
+    """Whether ``obj`` is an imported point carrier (a cloud, or the splats' one, by ``modifier``) whose
+    colours Solid view can show."""
+    return modifier in obj.modifiers and obj.type == "MESH" and COLOR_ATTRIBUTE in obj.data.color_attributes
+
+
+def show_attribute_colours(screen: bpy.types.Screen) -> int:
+    """Set Solid shading of the screen's 3D viewports to Attribute colour; returns how many were set.
+
+    Solid view colours objects by material by default, so imported point colours would stay hidden.
+    """
+    count = 0
+    for area in screen.areas:
+        if area.type == "VIEW_3D":
+            area.spaces.active.shading.color_type = "VERTEX"
+            count += 1
+    return count
+
+
+def _input_identifier(mod: bpy.types.NodesModifier, name: str) -> str:
+    """Identifier of a node-group input by name (identifiers such as 'Socket_2' differ per version)."""
+    for item in mod.node_group.interface.items_tree:
+        if getattr(item, "in_out", None) == "INPUT" and item.name == name:
+            return item.identifier
+    raise KeyError(name)
+
+
+def _uses_input_structs(mod: bpy.types.NodesModifier) -> bool:
+    """Blender 5.x exposes modifier inputs as ``mod.properties.inputs.<id>.value``; 4.x as ID properties."""
+    return "properties" in mod.bl_rna.properties
+
+
+def set_modifier_input(mod: bpy.types.NodesModifier, name: str, value: object) -> None:
+    """Set a geometry-nodes modifier input by its interface name, and re-evaluate the object (an ID
+    property write, unlike a UI edit, tags nothing)."""
+    key = _input_identifier(mod, name)
+    if _uses_input_structs(mod):
+        getattr(mod.properties.inputs, key).value = value
+    else:
+        mod[key] = value
+    mod.id_data.update_tag()
+
+
+def get_modifier_input(mod: bpy.types.NodesModifier, name: str) -> object:
+    """A geometry-nodes modifier input's current value, by its interface name."""
+    key = _input_identifier(mod, name)
+    if _uses_input_structs(mod):
+        return getattr(mod.properties.inputs, key).value
+    return mod[key]
+
+
+def draw_modifier_input(layout: bpy.types.UILayout, mod: bpy.types.NodesModifier, name: str) -> None:
+    """A UI field for a modifier input, so threshold and radius can be changed from the sidebar."""
+    if mod.node_group is None:
+        return
+    try:
+        key = _input_identifier(mod, name)
+    except KeyError:
+        return  # a group built by an older add-on version lacks this input
+    if _uses_input_structs(mod):
+        layout.prop(getattr(mod.properties.inputs, key), "value", text=name)
+    else:
+        layout.prop(mod, f'["{key}"]', text=name)

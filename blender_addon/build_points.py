@@ -24,8 +24,14 @@ import bpy
 import numpy as np
 
 from .build_common import (
+    COLOR_ATTRIBUTE,
+    SOLID_COLOURS_INPUT,
+    get_modifier_input,
+    has_point_colours,
+    new_point_object,
     node_material,
-    set_attribute,
+    set_active_color,
+    set_modifier_input,
     shape_object,
     srgb_to_linear,
     tag_datablock,
@@ -37,11 +43,9 @@ POINTS_GROUP = "DA3 Points"
 POINTS_MATERIAL = "DA3 Points"
 POINT_SHAPE = "DA3 Point Shape"
 MODIFIER_NAME = "DA3 Points"
-COLOR_ATTRIBUTE = "Col"
 CONF_ATTRIBUTE = "conf"
 THRESHOLD_INPUT = "Confidence Threshold"
 RADIUS_INPUT = "Point Radius"
-SOLID_COLOURS_INPUT = "Solid Colours"
 SOLID_COLOURS_MAX_POINTS = 300_000
 _GROUP_VERSION = 2
 _SHAPE_VERSION = 1
@@ -50,33 +54,6 @@ _SHAPE_VERSION = 1
 # radius it spans about the same screen area as a round point of that radius. Faces wind outwards.
 _TETRA_VERTICES = ((1.0, 1.0, 1.0), (1.0, -1.0, -1.0), (-1.0, 1.0, -1.0), (-1.0, -1.0, 1.0))
 _TETRA_FACES = ((0, 1, 2), (0, 3, 1), (0, 2, 3), (1, 3, 2))
-
-
-def new_point_object(
-    name: str,
-    positions: np.ndarray,
-    attributes: list[tuple[str, str, np.ndarray]],
-    collection: bpy.types.Collection,
-) -> bpy.types.Object:
-    """A vertex-only mesh object holding ``positions`` plus point attributes, all written with foreach_set."""
-    data = bpy.data.meshes.new(name)
-    data.vertices.add(len(positions))
-    set_attribute(data, "position", "FLOAT_VECTOR", positions)
-    for attr_name, kind, values in attributes:
-        set_attribute(data, attr_name, kind, values)
-    obj = bpy.data.objects.new(name, data)
-    collection.objects.link(obj)
-    return obj
-
-
-def set_active_color(mesh: bpy.types.Mesh, name: str) -> None:
-    """Make ``name`` the colour that Solid view's Attribute colouring and renders use by default."""
-    colors = mesh.color_attributes
-    attr = colors.get(name)
-    if attr is None:
-        return
-    colors.active_color = attr
-    colors.render_color_index = colors.find(name)
 
 
 def point_shape_object() -> bpy.types.Object:
@@ -163,71 +140,6 @@ def points_material() -> bpy.types.Material:
     return mat
 
 
-def has_point_colours(obj: bpy.types.Object, modifier: str = MODIFIER_NAME) -> bool:
-    """Whether ``obj`` is an imported point carrier (a cloud, or with ``modifier`` the splats' one) whose
-    colours Solid view can show."""
-    return modifier in obj.modifiers and obj.type == "MESH" and COLOR_ATTRIBUTE in obj.data.color_attributes
-
-
-def show_attribute_colours(screen: bpy.types.Screen) -> int:
-    """Set Solid shading of the screen's 3D viewports to Attribute colour; returns how many were set.
-
-    Solid view colours objects by material by default, so imported point colours would stay hidden.
-    """
-    count = 0
-    for area in screen.areas:
-        if area.type == "VIEW_3D":
-            area.spaces.active.shading.color_type = "VERTEX"
-            count += 1
-    return count
-
-
-def _input_identifier(mod: bpy.types.NodesModifier, name: str) -> str:
-    """Identifier of a node-group input by name (identifiers such as 'Socket_2' differ per version)."""
-    for item in mod.node_group.interface.items_tree:
-        if getattr(item, "in_out", None) == "INPUT" and item.name == name:
-            return item.identifier
-    raise KeyError(name)
-
-
-def _uses_input_structs(mod: bpy.types.NodesModifier) -> bool:
-    """Blender 5.x exposes modifier inputs as ``mod.properties.inputs.<id>.value``; 4.x as ID properties."""
-    return "properties" in mod.bl_rna.properties
-
-
-def set_modifier_input(mod: bpy.types.NodesModifier, name: str, value: object) -> None:
-    """Set a geometry-nodes modifier input by its interface name, and re-evaluate the object (an ID
-    property write, unlike a UI edit, tags nothing)."""
-    key = _input_identifier(mod, name)
-    if _uses_input_structs(mod):
-        getattr(mod.properties.inputs, key).value = value
-    else:
-        mod[key] = value
-    mod.id_data.update_tag()
-
-
-def get_modifier_input(mod: bpy.types.NodesModifier, name: str) -> object:
-    """A geometry-nodes modifier input's current value, by its interface name."""
-    key = _input_identifier(mod, name)
-    if _uses_input_structs(mod):
-        return getattr(mod.properties.inputs, key).value
-    return mod[key]
-
-
-def draw_modifier_input(layout: bpy.types.UILayout, mod: bpy.types.NodesModifier, name: str) -> None:
-    """A UI field for a modifier input, so threshold and radius can be changed from the sidebar."""
-    if mod.node_group is None:
-        return
-    try:
-        key = _input_identifier(mod, name)
-    except KeyError:
-        return  # a group built by an older add-on version lacks this input
-    if _uses_input_structs(mod):
-        layout.prop(getattr(mod.properties.inputs, key), "value", text=name)
-    else:
-        layout.prop(mod, f'["{key}"]', text=name)
-
-
 def solid_colours_by_default(count: int) -> bool:
     """Whether a cloud of ``count`` points starts with Solid Colours: only while realising stays quick."""
     return count <= SOLID_COLOURS_MAX_POINTS
@@ -236,7 +148,7 @@ def solid_colours_by_default(count: int) -> bool:
 def solid_colours_note(obj: bpy.types.Object) -> str | None:
     """The info line for a coloured cloud that starts without Solid Colours, saying how to turn it on."""
     mod = obj.modifiers.get(MODIFIER_NAME)
-    if mod is None or not has_point_colours(obj) or get_modifier_input(mod, SOLID_COLOURS_INPUT):
+    if mod is None or not has_point_colours(obj, MODIFIER_NAME) or get_modifier_input(mod, SOLID_COLOURS_INPUT):
         return None
     return (
         f"{obj.name}: {len(obj.data.vertices):,} points, more than {SOLID_COLOURS_MAX_POINTS:,}, so Solid "

@@ -15,20 +15,18 @@ import bpy
 import numpy as np
 
 from .build_common import (
+    COLOR_ATTRIBUTE,
+    SOLID_COLOURS_INPUT,
     has_native_point_cloud_resize,
+    new_point_object,
     node_material,
+    set_active_color,
     set_attribute,
+    set_modifier_input,
     shape_object,
     srgb_to_linear,
     tag_datablock,
     tagged_datablock,
-)
-from .build_points import (
-    COLOR_ATTRIBUTE,
-    SOLID_COLOURS_INPUT,
-    new_point_object,
-    set_active_color,
-    set_modifier_input,
 )
 from .scene_data import SplatData
 

@@ -12,6 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 
 SENSOR_MM = 36.0
+# Hard limits of Blender's camera and render settings: values outside are clamped without a word, which
+# would give a different camera, so views that need them are refused instead.
+MIN_LENS_MM = 1.0
+MAX_PIXEL_ASPECT = 200.0
+RESOLUTION_RANGE = (4, 65536)
 
 
 @dataclass

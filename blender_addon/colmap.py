@@ -28,11 +28,29 @@ _MODELS = {
     8: ("SIMPLE_RADIAL_FISHEYE", 4),
     9: ("RADIAL_FISHEYE", 5),
     10: ("THIN_PRISM_FISHEYE", 12),
+    11: ("RAD_TAN_THIN_PRISM_FISHEYE", 16),
+    12: ("SIMPLE_DIVISION", 4),
+    13: ("DIVISION", 5),
 }
 _BY_NAME = {name: (mid, n) for mid, (name, n) in _MODELS.items()}
 # Models whose first parameter is a single focal length f (fx = fy = f).
-_SINGLE_F = {"SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL", "SIMPLE_RADIAL_FISHEYE", "RADIAL_FISHEYE", "FOV"}
-_FISHEYE = {"OPENCV_FISHEYE", "SIMPLE_RADIAL_FISHEYE", "RADIAL_FISHEYE", "THIN_PRISM_FISHEYE", "FOV"}
+_SINGLE_F = {"SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL", "SIMPLE_RADIAL_FISHEYE", "RADIAL_FISHEYE", "SIMPLE_DIVISION"}
+_FISHEYE = {
+    "OPENCV_FISHEYE",
+    "SIMPLE_RADIAL_FISHEYE",
+    "RADIAL_FISHEYE",
+    "THIN_PRISM_FISHEYE",
+    "RAD_TAN_THIN_PRISM_FISHEYE",
+    "FOV",
+}
+# Smallest record sizes in bytes, to refuse a count that the file cannot hold before allocating for it.
+_MIN_CAMERA_BYTES = struct.calcsize("<iiQQ")
+_MIN_IMAGE_BYTES = struct.calcsize("<i7di") + 1 + 8  # pose, empty name's NUL, points2D count
+_POINT_BYTES = struct.calcsize("<Q3d3BdQ")
+
+
+# (image id, name, camera id, quaternion w x y z, translation): one registered image.
+_Image = tuple[int, str, int, np.ndarray, np.ndarray]
 
 
 class _Camera:
@@ -67,6 +85,13 @@ class _Reader:
     def __init__(self, path: Path) -> None:
         self.path, self.data, self.pos = path, path.read_bytes(), 0
 
+    def count(self, record_bytes: int) -> int:
+        """A record count, refused when the rest of the file cannot hold that many records."""
+        count = self.read("<Q")[0]
+        if count * record_bytes > len(self.data) - self.pos:
+            raise InputError(f"{self.path}: truncated COLMAP binary file ({count} records announced)")
+        return count
+
     def read(self, fmt: str) -> tuple:
         size = struct.calcsize(fmt)
         if self.pos + size > len(self.data):
@@ -92,7 +117,7 @@ class _Reader:
 def _cameras_bin(path: Path) -> dict[int, _Camera]:
     r = _Reader(path)
     cameras = {}
-    for _ in range(r.read("<Q")[0]):
+    for _ in range(r.count(_MIN_CAMERA_BYTES)):
         cam_id, model_id, width, height = r.read("<iiQQ")
         if model_id not in _MODELS:
             raise InputError(f"{path}: unknown COLMAP camera model id {model_id}")
@@ -101,27 +126,40 @@ def _cameras_bin(path: Path) -> dict[int, _Camera]:
     return cameras
 
 
-def _images_bin(path: Path) -> list[tuple[str, int, np.ndarray, np.ndarray]]:
+def _images_bin(path: Path) -> list[_Image]:
     r = _Reader(path)
     images = []
-    for _ in range(r.read("<Q")[0]):
+    for _ in range(r.count(_MIN_IMAGE_BYTES)):
         values = r.read("<i7di")
         name = r.name()
         r.skip(r.read("<Q")[0] * 24)  # points2D: x, y (double) and point3D id (int64)
-        images.append((name, values[8], np.array(values[1:5]), np.array(values[5:8])))
+        images.append((values[0], name, values[8], np.array(values[1:5]), np.array(values[5:8])))
     return images
 
 
 def _points_bin(path: Path) -> PointData | None:
     r = _Reader(path)
-    count = r.read("<Q")[0]
-    xyz = np.empty((count, 3), np.float32)
-    rgb = np.empty((count, 3), np.float32)
+    count = r.count(_POINT_BYTES)
+    ids = np.empty(count, np.int64)
+    xyz = np.empty((count, 3), np.float64)
+    rgb = np.empty((count, 3), np.float64)
     for i in range(count):
         values = r.read("<Q3d3BdQ")
-        xyz[i], rgb[i] = values[1:4], values[4:7]
+        ids[i], xyz[i], rgb[i] = values[0], values[1:4], values[4:7]
         r.skip(values[8] * 8)  # track: image id and point2D index (int32 each)
-    return PointData(xyz, rgb / 255.0) if count else None
+    return _points(path, ids, xyz, rgb)
+
+
+def _points(path: Path, ids: np.ndarray, xyz: np.ndarray, rgb: np.ndarray) -> PointData | None:
+    """Points in ascending point-id order (COLMAP's own order; files may list them in any order)."""
+    if not len(ids):
+        return None
+    if not np.isfinite(xyz).all():
+        raise InputError(f"{path}: {int((~np.isfinite(xyz).all(axis=1)).sum())} points have non-finite coordinates")
+    if rgb.min() < 0 or rgb.max() > 255:
+        raise InputError(f"{path}: point colours must be in 0..255")
+    order = np.argsort(ids, kind="stable")
+    return PointData(xyz[order].astype(np.float32), (rgb[order] / 255.0).astype(np.float32))
 
 
 def _data_lines(path: Path) -> list[list[str]]:
@@ -142,7 +180,7 @@ def _cameras_txt(path: Path) -> dict[int, _Camera]:
     return cameras
 
 
-def _images_txt(path: Path) -> list[tuple[str, int, np.ndarray, np.ndarray]]:
+def _images_txt(path: Path) -> list[_Image]:
     images = []
     raw = path.read_text(encoding="utf-8").splitlines()
     rows = [line for line in raw if not line.lstrip().startswith("#")]
@@ -153,7 +191,7 @@ def _images_txt(path: Path) -> list[tuple[str, int, np.ndarray, np.ndarray]]:
             continue
         try:
             q, t = np.array(words[1:5], float), np.array(words[5:8], float)
-            images.append((" ".join(words[9:]), int(words[8]), q, t))
+            images.append((int(words[0]), " ".join(words[9:]), int(words[8]), q, t))
         except (IndexError, ValueError) as exc:
             raise InputError(f"{path}: bad image line {line.strip()!r}") from exc
     return images
@@ -165,13 +203,19 @@ def _points_txt(path: Path) -> PointData | None:
         return None
     try:
         table = np.array([r[1:7] for r in rows], dtype=np.float64)
+        ids = np.array([int(r[0]) for r in rows], dtype=np.int64)
     except ValueError as exc:
-        raise InputError(f"{path}: bad points3D line") from exc
-    return PointData(table[:, :3].astype(np.float32), (table[:, 3:6] / 255.0).astype(np.float32))
+        raise InputError(f"{path}: bad points3D line (expected POINT3D_ID X Y Z R G B ...)") from exc
+    if table.shape[1:] != (6,):
+        raise InputError(f"{path}: bad points3D line (expected POINT3D_ID X Y Z R G B ...)")
+    return _points(path, ids, table[:, :3], table[:, 3:6])
 
 
-def _rotation_from_quaternion(q: np.ndarray) -> np.ndarray:
-    w, x, y, z = q / np.linalg.norm(q)
+def _rotation_from_quaternion(q: np.ndarray, where: str) -> np.ndarray:
+    norm = np.linalg.norm(q)
+    if not np.isfinite(q).all() or norm < 1e-12:
+        raise InputError(f"{where}: rotation quaternion {q.tolist()} is zero or not finite")
+    w, x, y, z = q / norm
     return np.array(
         [
             [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
@@ -203,27 +247,30 @@ def read_colmap_model(path: str | os.PathLike, image_dir: str | os.PathLike | No
         image_dir = next((g for g in guesses if g.is_dir()), guesses[0])
     scene = ImportedScene(cameras=[], points=points)
     distorted = set()
-    for name, cam_id, q, t in sorted(images, key=lambda item: item[0]):
+    # Ascending image id, COLMAP's own order (and the core reader's): ids follow capture or import order.
+    for image_id, name, cam_id, q, t in sorted(images, key=lambda item: item[0]):
+        where = f"{folder}: image {image_id} ({name!r})"
+        if not name:
+            raise InputError(f"{folder}: image {image_id} has an empty name")
         if cam_id not in intrinsics:
-            raise InputError(f"{folder}: image {name!r} refers to missing camera id {cam_id}")
+            raise InputError(f"{where} refers to missing camera id {cam_id}")
         cam = intrinsics[cam_id]
         if cam.has_distortion():
             distorted.add(cam.model)
-        w2c = np.concatenate([_rotation_from_quaternion(q), t[:, None]], axis=1)
+        w2c = np.concatenate([_rotation_from_quaternion(q, where), t[:, None]], axis=1)
         fx, fy, cx, cy = cam.pinhole()
-        scene.cameras.append(
-            CameraView(
-                name=Path(name).stem,
-                c2w=c2w_from_opencv_w2c(w2c),
-                fx=float(fx),
-                fy=float(fy),
-                cx=float(cx),
-                cy=float(cy),
-                width=int(cam.width),
-                height=int(cam.height),
-                image_path=Path(image_dir) / name,
-            )
+        view = CameraView(
+            name=Path(name).stem,
+            c2w=c2w_from_opencv_w2c(w2c, where),
+            fx=float(fx),
+            fy=float(fy),
+            cx=float(cx),
+            cy=float(cy),
+            width=int(cam.width),
+            height=int(cam.height),
+            image_path=Path(image_dir) / name,
         )
+        scene.cameras.append(view.check(f"{where}, camera {cam_id} ({cam.model})"))
     if distorted:
         scene.warnings.append(
             f"lens distortion of {', '.join(sorted(distorted))} cameras ignored (Blender cameras are pinhole)"

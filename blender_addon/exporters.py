@@ -37,14 +37,16 @@ def collect_views(
         raise InputError("no cameras selected")
     if not animated:
         return [
-            view_from_camera(o, scene, _to_file(o, relative_to_root)) for o in sorted(cameras, key=lambda o: o.name)
+            view_from_camera(o, scene, _to_file(o, relative_to_root)).check(o.name)
+            for o in sorted(cameras, key=lambda o: o.name)
         ]
     views, current = [], scene.frame_current
     try:
         for frame in range(scene.frame_start, scene.frame_end + 1, max(1, scene.frame_step)):
             scene.frame_set(frame)
             camera = scene.camera
-            views.append(view_from_camera(camera, scene, _to_file(camera, relative_to_root), f"frame_{frame:05d}"))
+            view = view_from_camera(camera, scene, _to_file(camera, relative_to_root), f"frame_{frame:05d}")
+            views.append(view.check(f"{camera.name} at frame {frame}"))
     finally:
         scene.frame_set(current)
     return views
@@ -61,6 +63,8 @@ def export_cameras(
 ) -> tuple[int, list[str]]:
     """Write the views; returns (count, warnings). Never leaves a half-written file behind."""
     path = Path(path)
+    if path.is_dir() or not path.name:
+        raise InputError(f"{path}: is a folder; choose a .json file name to export to")
     views = collect_views(scene, cameras, animated, relative_to_root)
     warnings = []
     if file_format == "CAMERA_PATH":
@@ -69,10 +73,13 @@ def export_cameras(
             for v in views
         ):
             warnings.append("camera_path.json stores only a vertical FOV: lens shift and fx != fy are dropped")
-        fps = scene.render.fps / scene.render.fps_base
-        write_json_atomic(path, camera_path_dict(views, fps))
+        data = camera_path_dict(views, scene.render.fps / scene.render.fps_base)
     elif file_format == "TRANSFORMS":
-        write_json_atomic(path, transforms_dict(views, path.parent))
+        data = transforms_dict(views, path.parent)
     else:
         raise ValueError(f"unknown export format {file_format!r}")
+    try:
+        write_json_atomic(path, data)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write the export ({exc.strerror or exc})") from exc
     return len(views), warnings

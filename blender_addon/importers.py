@@ -16,8 +16,8 @@ from .colmap import read_colmap_model
 from .errors import InputError
 from .nerfstudio_json import read_nerfstudio_json
 from .ply import read_point_cloud_ply, read_splat_ply
-from .predictions import backproject, prediction_cameras, prediction_splats, read_predictions
-from .scene_data import ImportedScene
+from .predictions import Predictions, backproject, prediction_cameras, prediction_splats, read_predictions
+from .scene_data import ImportedScene, PointData
 
 NPZ_KEY, VIEW_KEY = "da3_npz", "da3_view"
 
@@ -101,20 +101,22 @@ def import_predictions(
     """Cameras of a predictions npz; each camera remembers the file and view for on-demand depth.
 
     With ``splats``, Gaussians the file holds (the DA3 Gaussian head's output) become one splat object,
-    built exactly as a 3DGS PLY import would build it.
+    built exactly as a 3DGS PLY import would build it. Everything is read and checked before anything is
+    created, so a bad view refuses the whole import.
     """
     path = Path(path)
     pred = read_predictions(path)
     data = ImportedScene(cameras=prediction_cameras(pred))
+    clouds = [_depth_points(pred, index, stride) for index in range(len(data.cameras))] if depth_points else []
+    gaussians = prediction_splats(pred) if splats else None
     result = _import_cameras(
         scene, data, path, z_up=z_up, animated=animated, load_images=load_images, import_points=False
     )
-    for index, obj in enumerate(result.objects[: len(data.cameras)]):
+    cameras = result.objects[: len(data.cameras)]
+    for index, obj in enumerate(cameras):
         obj[NPZ_KEY], obj[VIEW_KEY] = str(path.resolve()), index
-    if depth_points:
-        for obj in list(result.objects[: len(data.cameras)]):
-            result.objects.append(backproject_camera(obj, stride))
-    gaussians = prediction_splats(pred) if splats else None
+    for obj, points in zip(cameras if clouds else [], clouds, strict=True):
+        result.objects.append(add_depth_cloud(obj, points, stride))
     if gaussians is not None:
         collection = result.root.users_collection[0]
         result.objects.append(create_splats(f"{path.stem} splats", gaussians, collection, result.root))
@@ -124,21 +126,30 @@ def import_predictions(
     return result
 
 
-def backproject_camera(camera: bpy.types.Object, stride: int = 2) -> bpy.types.Object:
-    """Back-project the depth map of an imported predictions camera as a point cloud next to it."""
+def _depth_points(pred: Predictions, index: int, stride: int) -> PointData:
+    """The back-projected depth of one view, refused when the stride samples no valid depth pixel."""
+    points = backproject(pred, index, max(1, stride))
+    if len(points.positions) == 0:
+        raise InputError(f"{pred.path}: view {index} has no valid depth pixel at pixel stride {max(1, stride)}")
+    return points
+
+
+def camera_depth_points(camera: bpy.types.Object, stride: int = 2) -> PointData:
+    """Read and back-project the depth map of an imported predictions camera (nothing is created)."""
     npz, index = camera.get(NPZ_KEY), camera.get(VIEW_KEY)
     if npz is None or index is None:
         raise InputError(f"{camera.name}: not a camera imported from a DA3 predictions npz")
     pred = read_predictions(npz)
-    if index >= len(pred.names):
+    if not 0 <= index < len(pred.names):
         raise InputError(f"{npz}: has no view {index} for camera {camera.name}")
-    points = backproject(pred, index, max(1, stride))
-    if len(points.positions) == 0:
-        raise InputError(f"{npz}: view {index} has no valid depth")
+    return _depth_points(pred, index, stride)
+
+
+def add_depth_cloud(camera: bpy.types.Object, points: PointData, stride: int = 2) -> bpy.types.Object:
+    """A point cloud of a camera's back-projected depth, next to the camera under its import root."""
     collection = camera.users_collection[0]
-    root = camera.parent
     radius = 0.5 * default_radius(points.positions) * max(1, stride)
-    return create_point_cloud(f"{camera.name} depth", points, collection, root, radius)
+    return create_point_cloud(f"{camera.name} depth", points, collection, camera.parent, radius)
 
 
 def import_points(

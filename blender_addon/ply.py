@@ -77,6 +77,8 @@ def _parse_header(path: Path) -> tuple[str, list[_Element], int]:
                 fmt = words[1]
             elif words[0] == "element":
                 elements.append(_Element(words[1], int(words[2]), []))
+                if elements[-1].count < 0:
+                    raise InputError(f"{path}: PLY element {words[1]!r} has a negative count")
             elif words[0] == "property" and words[1] == "list":
                 elements[-1].properties.append((words[4], "list"))
             elif words[0] == "property":
@@ -166,10 +168,26 @@ def _field(vertices: np.ndarray, name: str) -> np.ndarray:
     return _columns(vertices, [name])[:, 0]
 
 
+def _finite(path: str | os.PathLike, what: str, values: np.ndarray) -> np.ndarray:
+    """``values``, or an InputError saying how many rows hold NaN or inf: such a point has no place in a scene."""
+    finite = np.isfinite(values)
+    if not finite.all():
+        rows = int((~finite.reshape(len(values), -1).all(axis=1)).sum())
+        raise InputError(f"{path}: {rows} of {len(values)} vertices have non-finite {what} (NaN or inf)")
+    return values
+
+
+# Colour property names in order of preference: the common PLY spelling, the short one, and the
+# ``diffuse_*`` one of some scanners and meshing tools. (The core reader, da3_nerfstudio.formats.ply,
+# accepts the same names; tests/blender/test_reader_conformance.py keeps them in step.)
+COLOUR_NAMES = (("red", "green", "blue"), ("r", "g", "b"), ("diffuse_red", "diffuse_green", "diffuse_blue"))
+CONFIDENCE_NAMES = ("confidence", "conf", "quality")
+
+
 def _colors(vertices: np.ndarray) -> np.ndarray | None:
     """sRGB colours in [0, 1]: integer channels are scaled by their type's maximum, floats kept."""
     names = vertices.dtype.names
-    for keys in (("red", "green", "blue"), ("r", "g", "b"), ("diffuse_red", "diffuse_green", "diffuse_blue")):
+    for keys in COLOUR_NAMES:
         if all(k in names for k in keys):
             kind = vertices.dtype[keys[0]]
             colors = _columns(vertices, list(keys))
@@ -188,9 +206,14 @@ def read_point_cloud_ply(path: str | os.PathLike) -> PointData:
         raise InputError(f"{path}: PLY vertices lack coordinate properties {missing}")
     if len(vertices) == 0:
         raise InputError(f"{path}: PLY contains no points")
-    positions = _columns(vertices, ["x", "y", "z"])
-    confidence = next((_field(vertices, k) for k in ("confidence", "conf", "quality") if k in names), None)
-    return PointData(positions=positions, colors=_colors(vertices), confidence=confidence)
+    positions = _finite(path, "coordinates", _columns(vertices, ["x", "y", "z"]))
+    colors = _colors(vertices)
+    if colors is not None:
+        _finite(path, "colours", colors)
+    confidence = next((_field(vertices, k) for k in CONFIDENCE_NAMES if k in names), None)
+    if confidence is not None:
+        _finite(path, "confidence", confidence)
+    return PointData(positions=positions, colors=colors, confidence=confidence)
 
 
 _SPLAT_REQUIRED = (
@@ -235,7 +258,15 @@ def read_splat_ply(path: str | os.PathLike) -> SplatData:
     rest = np.empty((k, n, 3), dtype=np.float32)
     groups += [[f"f_rest_{c * k + j}" for c in range(3)] for j in range(k)]
     _gather(vertices, groups, outs + list(rest))
+    for what, values in zip(("positions", "scales", "rotations", "opacities", "f_dc colours"), outs, strict=True):
+        _finite(path, what, values)
+    _finite(path, "f_rest coefficients", rest.transpose(1, 0, 2))
     means, scales_log, rotations, opacity, sh_dc = outs
+    zero = ~rotations.any(axis=1)
+    if zero.any():  # no orientation to normalise to; the core reader refuses these too
+        raise InputError(
+            f"{path}: {int(zero.sum())} of {len(zero)} vertices have a zero rotation quaternion (rot_0..3)"
+        )
     return SplatData(
         means=means,
         scales_log=scales_log,

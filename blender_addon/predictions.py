@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import InputError
-from .scene_data import CameraView, PointData, SplatData, c2w_from_opencv_w2c
+from .scene_data import CameraView, PointData, SplatData, c2w_from_opencv_w2c, check_rigid
 
 GAUSSIAN_PREFIX = "gaussians_"
 # (key, trailing shape); -1 is the SH coefficient count K = (degree + 1)^2.
@@ -49,39 +50,109 @@ def read_predictions(path: str | os.PathLike) -> Predictions:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found")
+    if not zipfile.is_zipfile(path):  # np.load would also take a .npy or a pickle and return no key table
+        raise InputError(f"{path}: not a readable npz file (not a zip archive)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise InputError(f"{path}: not a readable npz file ({exc})") from exc
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
+        raise InputError(f"{path}: not a readable npz file ({' '.join(str(exc).split())})") from exc
     missing = [k for k in ("depth", "extrinsics", "intrinsics") if k not in arrays]
     if missing:
         raise InputError(f"{path}: predictions npz lacks keys {missing} (has {sorted(arrays)})")
+    for key in ("depth", "extrinsics", "intrinsics", "conf"):
+        if key in arrays and arrays[key].dtype.kind not in "fiub":
+            raise InputError(f"{path}: '{key}' must be numeric, got dtype {arrays[key].dtype}")
     depth = np.asarray(arrays["depth"], dtype=np.float32)
     if depth.ndim == 2:
         depth = depth[None]
-    if depth.ndim != 3 or depth.shape[0] == 0:
-        raise InputError(f"{path}: 'depth' must be (N, H, W), got {arrays['depth'].shape}")
+    if depth.ndim != 3 or 0 in depth.shape:
+        raise InputError(f"{path}: 'depth' must be (N, H, W) with N, H, W > 0, got {arrays['depth'].shape}")
     n, h, w = depth.shape
-    extrinsics = np.asarray(arrays["extrinsics"], dtype=np.float64).reshape(-1, *arrays["extrinsics"].shape[-2:])
-    intrinsics = np.asarray(arrays["intrinsics"], dtype=np.float64).reshape(-1, 3, 3)
-    if extrinsics.shape[0] != n or extrinsics.shape[1:] not in ((3, 4), (4, 4)):
+    extrinsics = np.asarray(arrays["extrinsics"], dtype=np.float64)
+    if extrinsics.ndim == 2:
+        extrinsics = extrinsics[None]
+    if extrinsics.ndim != 3 or extrinsics.shape[0] != n or extrinsics.shape[1:] not in ((3, 4), (4, 4)):
         raise InputError(f"{path}: 'extrinsics' must be ({n}, 3, 4), got {arrays['extrinsics'].shape}")
-    if intrinsics.shape[0] != n:
+    intrinsics = np.asarray(arrays["intrinsics"], dtype=np.float64)
+    if intrinsics.ndim == 2:
+        intrinsics = intrinsics[None]
+    if intrinsics.shape != (n, 3, 3):
         raise InputError(f"{path}: 'intrinsics' must be ({n}, 3, 3), got {arrays['intrinsics'].shape}")
-    conf = arrays.get("conf")
+    for i in range(n):
+        _check_view(path, i, extrinsics[i], intrinsics[i])
+    conf = _per_pixel(path, "conf", arrays.get("conf"), depth.shape, arrays["depth"].shape)
     if conf is not None:
-        conf = np.asarray(conf, dtype=np.float32).reshape(depth.shape) if conf.size == depth.size else None
+        if not np.isfinite(conf).all():
+            raise InputError(f"{path}: 'conf' has {int((~np.isfinite(conf)).sum())} non-finite values")
+        conf = conf.astype(np.float32)
+    sky = _per_pixel(path, "sky", arrays.get("sky"), depth.shape, arrays["depth"].shape)
+    if sky is not None:
+        if not np.isfinite(sky).all():
+            raise InputError(f"{path}: 'sky' has non-finite values")
+        sky = sky >= 0.5 if sky.dtype.kind == "f" else sky != 0
+    valid = (np.isfinite(depth) & (depth > 0) & (True if sky is None else ~sky)).any(axis=(1, 2))
+    if not valid.all():
+        index = int(np.flatnonzero(~valid)[0])
+        raise InputError(f"{path}: view {index}: depth has no valid pixel (all NaN, inf, <= 0 or sky)")
     images = arrays.get("images", arrays.get("image"))
-    if images is not None and images.shape[:3] != (n, h, w):
-        raise InputError(f"{path}: images have shape {images.shape}, expected ({n}, {h}, {w}, 3)")
+    if images is not None:
+        images = _images(path, images, (n, h, w))
     names = [f"{path.stem}_{i:03d}" for i in range(n)]
-    if "names" in arrays and len(arrays["names"]) == n:
-        names = [Path(str(s)).stem for s in arrays["names"]]
-    sky = arrays.get("sky")
-    sky = np.asarray(sky, dtype=bool) if sky is not None and sky.shape == depth.shape else None
+    if "names" in arrays and arrays["names"].size:  # Prediction.save writes an empty array for no names
+        if arrays["names"].size != n:
+            raise InputError(f"{path}: 'names' must hold one name per view ({n}), got shape {arrays['names'].shape}")
+        names = [Path(str(s)).stem for s in arrays["names"].reshape(-1)]
     gaussians = _read_gaussians(path, arrays)
     return Predictions(path, depth, conf, extrinsics, intrinsics, images, names, sky, gaussians)
+
+
+def _check_view(path: Path, index: int, extrinsics: np.ndarray, k: np.ndarray) -> None:
+    """Refuse a view no Blender camera can represent: non-finite, skewed or non-positive intrinsics, or a
+    world-to-camera matrix that is not a rotation plus translation."""
+    where = f"{path}: view {index}"
+    check_rigid(extrinsics, f"{where} extrinsics")
+    if not np.isfinite(k).all():
+        raise InputError(f"{where}: intrinsics have non-finite values (NaN or inf)")
+    if k[0, 0] <= 0 or k[1, 1] <= 0:
+        raise InputError(f"{where}: focal length must be positive, got fx={k[0, 0]:g}, fy={k[1, 1]:g}")
+    if abs(k[0, 1]) > 1e-6 * k[0, 0] or np.abs(k[1, 0]) > 0 or not np.allclose(k[2], [0.0, 0.0, 1.0]):
+        raise InputError(
+            f"{where}: intrinsics must be a pinhole matrix [[fx 0 cx] [0 fy cy] [0 0 1]], got {k.tolist()}"
+        )
+
+
+def _per_pixel(
+    path: Path, key: str, array: np.ndarray | None, shape: tuple[int, ...], file_shape: tuple[int, ...]
+) -> np.ndarray | None:
+    """An optional per-pixel map shaped like the depth (as stored, or with its view axis added)."""
+    if array is None:
+        return None
+    if array.dtype.kind not in "fiub" or array.shape not in (shape, file_shape):
+        raise InputError(f"{path}: '{key}' must be numbers shaped like 'depth' {shape}, got {array.shape}")
+    return array.reshape(shape)
+
+
+def _images(path: Path, images: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """(N, H, W, 3) uint8 from 8-bit or [0, 1] float images, RGB, RGBA (alpha dropped) or grey (replicated).
+
+    The same reading as the core's ``Prediction.load``: anything else would show other pixels than the
+    network saw.
+    """
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[:3] != shape or images.shape[3] not in (1, 3, 4):
+        raise InputError(
+            f"{path}: images have shape {images.shape}, expected ({', '.join(map(str, shape))}, 3), RGBA or grey"
+        )
+    if images.dtype.kind == "f":
+        if not np.isfinite(images).all() or images.min() < 0 or images.max() > 1:
+            raise InputError(f"{path}: float image values must be finite and in [0, 1]")
+        images = np.rint(images.astype(np.float64) * 255.0)
+    elif images.dtype.kind not in "iu" or images.min() < 0 or images.max() > 255:
+        raise InputError(f"{path}: images must be uint8, integers in 0..255 or floats in [0, 1], got {images.dtype}")
+    images = images.astype(np.uint8)
+    return np.repeat(images, 3, axis=-1) if images.shape[3] == 1 else np.ascontiguousarray(images[..., :3])
 
 
 def _read_gaussians(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
@@ -151,7 +222,7 @@ def prediction_cameras(pred: Predictions) -> list[CameraView]:
         views.append(
             CameraView(
                 name=pred.names[i],
-                c2w=c2w_from_opencv_w2c(pred.extrinsics[i]),
+                c2w=c2w_from_opencv_w2c(pred.extrinsics[i], f"{pred.path}: view {i} extrinsics"),
                 fx=float(k[0, 0]),
                 fy=float(k[1, 1]),
                 cx=float(k[0, 2]),

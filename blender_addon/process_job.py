@@ -53,6 +53,10 @@ def process_command(
     python: Path, input_path: str | os.PathLike, output_dir: str | os.PathLike, extra_args: list[str] | None = None
 ) -> list[str]:
     """argv for ``da3-process-data {images|video} --data IN --output-dir OUT [extra]``."""
+    if not str(input_path).strip():  # Path("") is the working folder, which exists
+        raise InputError("choose an images folder or a video as DA3's input")
+    if Path(output_dir).is_file():
+        raise InputError(f"{output_dir}: is a file; choose a folder for DA3's output")
     source = Path(input_path)
     if not source.exists():
         raise InputError(f"{source}: input images folder or video not found")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import bpy
 from bpy.props import BoolProperty, FloatProperty, StringProperty
 
-from . import build_points, build_splats, importers, operators
+from . import build_points, build_splats, importers, operators, run_da3
+from .build_common import SOLID_COLOURS_INPUT, draw_modifier_input
 
 
 class DA3SceneState(bpy.types.PropertyGroup):
@@ -56,13 +57,13 @@ class DA3_PT_sidebar(bpy.types.Panel):
             box = layout.box()
             if build_points.MODIFIER_NAME in obj.modifiers:
                 mod = obj.modifiers[build_points.MODIFIER_NAME]
-                build_points.draw_modifier_input(box, mod, build_points.THRESHOLD_INPUT)
-                build_points.draw_modifier_input(box, mod, build_points.RADIUS_INPUT)
-                build_points.draw_modifier_input(box, mod, build_points.SOLID_COLOURS_INPUT)
+                draw_modifier_input(box, mod, build_points.THRESHOLD_INPUT)
+                draw_modifier_input(box, mod, build_points.RADIUS_INPUT)
+                draw_modifier_input(box, mod, SOLID_COLOURS_INPUT)
             if build_splats.MODIFIER_NAME in obj.modifiers:
                 mod = obj.modifiers[build_splats.MODIFIER_NAME]
-                build_points.draw_modifier_input(box, mod, build_splats.MIN_OPACITY_INPUT)
-                build_points.draw_modifier_input(box, mod, build_points.SOLID_COLOURS_INPUT)
+                draw_modifier_input(box, mod, build_splats.MIN_OPACITY_INPUT)
+                draw_modifier_input(box, mod, SOLID_COLOURS_INPUT)
             if obj.get(importers.NPZ_KEY):
                 box.operator(operators.DA3_OT_backproject_depth.bl_idname, icon="POINTCLOUD_DATA")
         layout.operator(operators.DA3_OT_export_cameras.bl_idname, icon="EXPORT")
@@ -80,9 +81,9 @@ class DA3_PT_sidebar(bpy.types.Panel):
                 row.progress(factor=state.progress, text=f"{state.progress:.0%}")
             else:
                 row.label(text=f"{state.progress:.0%}")
-            row.operator(operators.DA3_OT_cancel_process.bl_idname, text="", icon="CANCEL")
+            row.operator(run_da3.DA3_OT_cancel_process.bl_idname, text="", icon="CANCEL")
         else:
-            box.operator(operators.DA3_OT_run_process.bl_idname, icon="PLAY")
+            box.operator(run_da3.DA3_OT_run_process.bl_idname, icon="PLAY")
         if state.status:
             box.label(text=state.status, icon="ERROR" if state.failed else "INFO")
 

@@ -55,7 +55,7 @@ def write_inputs(folder: Path, n: int, n_limit: int, n_splat_limit: int) -> dict
 
 def time_evaluation(bpy: object, modifier: str, outputs: dict[str, bool]) -> dict[str, float]:
     """Seconds to evaluate the imported object's modifier with Solid Colours set as ``outputs`` says."""
-    from da3_blender.build_points import SOLID_COLOURS_INPUT, set_modifier_input
+    from da3_blender.build_common import SOLID_COLOURS_INPUT, set_modifier_input
 
     obj = next(o for o in bpy.context.scene.objects if modifier in o.modifiers)
     seconds = {}

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from numpy.lib.recfunctions import rename_fields
 from plyfile import PlyData, PlyElement, PlyParseError
 
 from da3_nerfstudio.errors import InputError
@@ -130,10 +131,31 @@ def _colors_to_uint8(path: Path, vertices: np.ndarray) -> np.ndarray:
     return colors.astype(np.uint8)
 
 
+# Colour and confidence spellings of other tools, in order of preference, read as the names this module
+# writes. The Blender add-on's own reader accepts the same (tests/blender/test_reader_conformance.py).
+_ALIASES = (
+    (("r", "g", "b"), ("red", "green", "blue")),
+    (("diffuse_red", "diffuse_green", "diffuse_blue"), ("red", "green", "blue")),
+    (("conf",), ("confidence",)),
+    (("quality",), ("confidence",)),
+)
+
+
+def _standard_names(vertices: np.ndarray) -> np.ndarray:
+    """``vertices`` with ``r g b`` / ``diffuse_*`` colours and ``conf`` / ``quality`` renamed to ours."""
+    names = vertices.dtype.names or ()
+    mapping: dict[str, str] = {}
+    for aliases, standard in _ALIASES:
+        taken = set(names) - set(mapping) | set(mapping.values())
+        if all(a in names for a in aliases) and not taken & set(standard):
+            mapping.update(zip(aliases, standard, strict=True))
+    return rename_fields(vertices, mapping) if mapping else vertices
+
+
 def read_point_cloud_ply(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Read a coloured point cloud (binary or ASCII) as ``(points float32 (N,3), colors uint8 (N,3),
     confidence float32 (N,) or None)``."""
-    vertices = _read_vertices(path)
+    vertices = _standard_names(_read_vertices(path))
     names = vertices.dtype.names or ()
     missing = [c for c in "xyz" if c not in names]
     if missing:

@@ -165,7 +165,8 @@ def _import_render_scene(tmp_path, right_splats: bool) -> None:
         assert op(filepath=str(tmp_path / name)) == {"FINISHED"}
     if not right_splats:
         mod = next(o for o in bpy.data.objects if o.name == "points").modifiers["DA3 Points"]
-        from da3_blender.build_points import RADIUS_INPUT, set_modifier_input
+        from da3_blender.build_common import set_modifier_input
+        from da3_blender.build_points import RADIUS_INPUT
 
         set_modifier_input(mod, RADIUS_INPUT, 0.03)
     scene = bpy.context.scene
@@ -206,7 +207,7 @@ def _set_solid_colours(on: bool) -> None:
     render (OpenGL render needs a window): turning its AND into OR makes F12 renders follow the switch.
     Native 5.3 splats have no such switch: nothing to set.
     """
-    from da3_blender.build_points import SOLID_COLOURS_INPUT, set_modifier_input
+    from da3_blender.build_common import SOLID_COLOURS_INPUT, set_modifier_input
     from da3_blender.build_splats import MODIFIER_NAME
 
     for obj in bpy.data.objects:

@@ -115,13 +115,8 @@ def test_confidence_threshold_and_radius_stay_adjustable(addon, tmp_path):
     write_point_cloud_ply(path, points, colors, conf)
     bpy.ops.da3.import_points(filepath=str(path), radius=0.03, z_up=False)
     obj = only_object()
-    from da3_blender.build_points import (
-        MODIFIER_NAME,
-        RADIUS_INPUT,
-        SOLID_COLOURS_INPUT,
-        THRESHOLD_INPUT,
-        set_modifier_input,
-    )
+    from da3_blender.build_common import SOLID_COLOURS_INPUT, set_modifier_input
+    from da3_blender.build_points import MODIFIER_NAME, RADIUS_INPUT, THRESHOLD_INPUT
 
     def tetrahedra() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         mesh = evaluated_attributes(obj, "MESH", {"position": ("vector", 3), "conf": ("value", 1)})
@@ -247,6 +242,7 @@ def test_solid_colours_start_on_only_up_to_the_limit(addon, tmp_path, monkeypatc
     turn Solid Colours on. An explicit choice is kept and needs no info line."""
     import addon_utils
     from da3_blender import build_points
+    from da3_blender.build_common import SOLID_COLOURS_INPUT, get_modifier_input
 
     monkeypatch.setattr(build_points, "SOLID_COLOURS_MAX_POINTS", 100)
     cases = [(100, "AUTO", "MESH", False), (101, "AUTO", "POINTCLOUD", True)]
@@ -260,7 +256,7 @@ def test_solid_colours_start_on_only_up_to_the_limit(addon, tmp_path, monkeypatc
         assert bpy.ops.da3.import_points(filepath=str(tmp_path / "c.ply"), solid_colours=choice) == {"FINISHED"}
         obj = only_object()
         mod = obj.modifiers[build_points.MODIFIER_NAME]
-        assert build_points.get_modifier_input(mod, build_points.SOLID_COLOURS_INPUT) == (output == "MESH")
+        assert get_modifier_input(mod, SOLID_COLOURS_INPUT) == (output == "MESH")
         found = evaluated_attributes(obj, output, {"position": ("vector", 3)})
         assert len(found["position"]) == count * (4 if output == "MESH" else 1), (count, choice)  # tetrahedra
         printed = capfd.readouterr().out
@@ -426,7 +422,7 @@ def test_native_splats_match_blenders_own_ply_importer(addon, tmp_path):
 def test_ellipsoids_carry_rotation_and_scale(addon, tmp_path, solid_colours):
     """Each splat is an ico sphere scaled to EXTENT_SIGMA standard deviations along its rotated axes: as an
     instance (its matrix), or realised for Solid view (every vertex v has |S^-1 R^T (v - mean)| = 1)."""
-    from da3_blender.build_points import SOLID_COLOURS_INPUT, get_modifier_input, set_modifier_input
+    from da3_blender.build_common import SOLID_COLOURS_INPUT, get_modifier_input, set_modifier_input
     from da3_blender.build_splats import EXTENT_SIGMA, MODIFIER_NAME
     from mathutils import Quaternion
 

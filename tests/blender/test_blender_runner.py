@@ -71,7 +71,7 @@ def configure(fake_env: Path | str, input_path: Path, output: Path, extra: str =
 
 def run_until_done(limit_s: float = 60.0) -> None:
     """Drive the timer callback by hand (module-mode Blender has no event loop)."""
-    from da3_blender.operators import JOBS, poll_jobs
+    from da3_blender.run_da3 import JOBS, poll_jobs
 
     deadline = time.monotonic() + limit_s
     while JOBS and time.monotonic() < deadline:
@@ -118,7 +118,7 @@ def test_failure_is_shown_in_the_panel(addon, fake_env, tmp_path):
 
 
 def test_cancel_stops_the_process(addon, fake_env, tmp_path):
-    from da3_blender.operators import JOBS, poll_jobs
+    from da3_blender.run_da3 import JOBS, poll_jobs
 
     images = tmp_path / "images"
     images.mkdir()
