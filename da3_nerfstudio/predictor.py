@@ -64,7 +64,7 @@ def default_views_per_chunk(model: DA3Model, height: int, width: int, device: to
     """
     from da3_nerfstudio.model.dpt import HEAD_CHUNK
 
-    net = model.preset.nested[0] if model.preset.nested else model.preset.net
+    net = model.preset.primary
     tokens = (height // 14) * (width // 14) + 1
     per_view = tokens * net.backbone.embed_dim * BYTES_PER_TOKEN_CHANNEL
     heads = HEAD_CHUNK * height * width * net.head.features * HEAD_BYTES_PER_PIXEL_FEATURE

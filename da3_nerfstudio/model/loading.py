@@ -10,16 +10,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError, safe_open
 
 from da3_nerfstudio.errors import CheckpointError
 from da3_nerfstudio.model.presets import PRESETS
-
-if TYPE_CHECKING:
-    from da3_nerfstudio.model.net import DA3Model
 
 CHECKPOINT_FILES = ("config.json", "model.safetensors")
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl")
@@ -90,7 +86,7 @@ def read_model_name(folder: Path) -> str:
     return name
 
 
-def _weights_file(folder: Path) -> Path:
+def weights_file(folder: Path) -> Path:
     weights = folder / "model.safetensors"
     if weights.is_file():
         return weights
@@ -145,13 +141,3 @@ def load_state_dict_strict(model: torch.nn.Module, weights: Path) -> None:
     except (OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{weights}: cannot be read ({err})") from None
     model.load_state_dict(tensors, strict=True, assign=True)
-
-
-def load_pretrained(cls: type[DA3Model], name_or_path: str | Path, device: str | torch.device | None) -> DA3Model:
-    folder = resolve_checkpoint(name_or_path)
-    name = read_model_name(folder)
-    weights = _weights_file(folder)
-    with torch.device("meta"):
-        model = cls(name)
-    load_state_dict_strict(model, weights)
-    return model.to(device or "cpu").eval()

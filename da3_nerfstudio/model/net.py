@@ -18,6 +18,7 @@ from da3_nerfstudio.model.backbone import Backbone, patch_grid
 from da3_nerfstudio.model.camera import CameraDec, CameraEnc, decode_pose
 from da3_nerfstudio.model.dpt import HEADS, run_head_chunked
 from da3_nerfstudio.model.gaussians import gaussian_adapter
+from da3_nerfstudio.model.loading import load_state_dict_strict, read_model_name, resolve_checkpoint, weights_file
 from da3_nerfstudio.model.presets import ModelPreset, NetConfig, get_preset
 from da3_nerfstudio.model.ray_solver import cameras_from_rays
 
@@ -185,13 +186,11 @@ class DA3Model(nn.Module):
 
     @property
     def anyview(self) -> bool:
-        net = self.preset.nested[0] if self.preset.nested else self.preset.net
-        return net.camera
+        return self.preset.primary.camera
 
     @property
     def has_gaussian_head(self) -> bool:
-        net = self.preset.nested[0] if self.preset.nested else self.preset.net
-        return net.gs_head is not None
+        return self.preset.primary.gs_head is not None
 
     @classmethod
     def untrained(cls, preset: str, device: str | torch.device | None = None) -> DA3Model:
@@ -201,9 +200,13 @@ class DA3Model(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, device: str | torch.device | None = None) -> DA3Model:
         """Load the official layout (``config.json`` + ``model.safetensors``) from a folder or hub repo id."""
-        from da3_nerfstudio.model.loading import load_pretrained
-
-        return load_pretrained(cls, name_or_path, device)
+        folder = resolve_checkpoint(name_or_path)
+        name = read_model_name(folder)
+        weights = weights_file(folder)
+        with torch.device("meta"):  # no memory for random weights that the checkpoint replaces at once
+            model = cls(name)
+        load_state_dict_strict(model, weights)
+        return model.to(device or "cpu").eval()
 
     def forward(
         self,

@@ -75,6 +75,13 @@ class ModelPreset:
     def is_nested(self) -> bool:
         return self.nested is not None
 
+    @property
+    def primary(self) -> NetConfig:
+        """The network that predicts the cameras and the output's geometry (the any-view one of a nested pair)."""
+        net = self.nested[0] if self.nested is not None else self.net
+        assert net is not None, f"preset {self.name} has no network"
+        return net
+
 
 def _anyview(
     dim: int,
