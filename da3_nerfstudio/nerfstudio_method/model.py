@@ -78,6 +78,11 @@ def camera_to_viewmat(c2w: Tensor) -> Tensor:
     return viewmat
 
 
+def _announce(line: str) -> None:
+    """One line of the rasterizer choice, never wrapped (rich wraps at 80 columns outside a terminal)."""
+    CONSOLE.print(line, style="bold yellow", soft_wrap=True, markup=False, highlight=False)
+
+
 def _make_lpips() -> torch.nn.Module | None:
     """torchmetrics' LPIPS, or None (with a warning) when its AlexNet weights cannot be fetched."""
     from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
@@ -201,7 +206,7 @@ class DA3SplatModel(SplatfactoModel):
         """gsplat's ``rasterization`` or the pure-PyTorch one, chosen at the first render (the device is known)."""
         if self._rasterizer is None:
             try:
-                backend = select_rasterizer(self.config.rasterizer, self.means.device.type, CONSOLE.print)
+                backend = select_rasterizer(self.config.rasterizer, self.means.device.type, _announce)
             except DA3Error as err:  # ns-train's command line: one line, no traceback
                 raise SystemExit(f"error: {err}") from None
             if backend == "gsplat":
