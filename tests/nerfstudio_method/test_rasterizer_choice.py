@@ -228,3 +228,13 @@ def test_ns_train_refuses_gsplat_on_cpu_in_one_line(room_dataset: Path, tmp_path
     line = assert_one_line_error(code, out, err)
     assert line == f"error: {CPU_REFUSAL}"
     assert not list((tmp_path / "out").rglob("*.ckpt"))
+
+
+def test_prepare_command_without_cuda_is_one_line(tmp_path: Path) -> None:
+    """``make gpu`` (python -m da3_nerfstudio.gsplat_kernels) on a machine without a CUDA device."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "da3_nerfstudio.gsplat_kernels"], env=env, capture_output=True, text=True, timeout=300
+    )
+    line = assert_one_line_error(proc.returncode, proc.stdout, proc.stderr)
+    assert line == "error: no CUDA device: gsplat's kernels run on CUDA only (da3-splat uses the PyTorch rasterizer)"
