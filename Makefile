@@ -8,7 +8,7 @@ B5 := .venv-blender5
 B5STAMP := $(B5)/.installed
 PY313 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13) $(shell command -v python3.13 2>/dev/null))
 
-.PHONY: demo test lint format clean-venv
+.PHONY: demo test lint format clean-venv gpu gpu-prepare
 
 $(STAMP): pyproject.toml
 	@# open3d (imported by nerfstudio for seed points) needs libusb from Debian.
@@ -32,6 +32,24 @@ test: $(STAMP) $(B5STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
+
+# On a CUDA machine: build gsplat's CUDA kernels once (a few minutes; needs nvcc) and check them against the
+# PyTorch rasterizer, so that ns-train da3-splat starts with them instead of compiling on first use.
+gpu: $(STAMP)
+	$(BIN)/python -m da3_nerfstudio.gsplat_kernels
+
+# What scripts/gpu_checks.sh needs on a GPU machine without network, in outputs/gpu/ (carry it along): wheels for
+# its Python 3.12 of the packages the GPU image lacks (versions as tested here; fpsample 0.3.3, the newest
+# with a cp312 wheel) and the demo scene's dataset (rendered here with bpy; ground-truth geometry).
+GPU_WHEELS := appdirs==1.4.4 defusedxml==0.7.1 dill==0.4.1 docstring_parser==0.18.0 fpsample==0.3.3 gsplat==1.4.0 \
+	msgspec==0.23.0 multiprocess==0.70.19 nerfacc==0.5.2 nerfstudio==1.1.5 pathos==0.3.5 plyfile==1.1.3 ppft==1.7.8 \
+	pyquaternion==0.9.9 pytorch-msssim==1.0.0 rawpy==0.28.0 splines==0.3.0 tensorly==0.10.0 torch-fidelity==0.4.0 \
+	typeguard==4.6.1 tyro==1.0.17 viser==0.2.7 websockets==17.4 zstandard==0.25.0 PySocks==1.7.1
+gpu-prepare: $(STAMP)
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		--platform manylinux1_x86_64 -d outputs/gpu/wheels $(GPU_WHEELS)
+	test -d outputs/gpu/demo_data || $(BIN)/python scripts/bench_gpu_train.py --prepare --data outputs/gpu/demo_data
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -5,7 +5,10 @@ the same images (EWA projection with a 0.3 px low-pass blur, 3-sigma radii and 1
 truncation, front-to-back alpha compositing with gsplat's alpha clamp, 1/255 skip and transmittance
 cut-off) with plain differentiable torch ops, so the same training loop runs on CPU: slowly, for
 tests and small scenes. Work is done on (Gaussian, pixel) pairs restricted to where a Gaussian's
-alpha can reach 1/255, in bands of image rows, so memory is bounded by the pairs of one band.
+alpha can reach 1/255, in bands of image rows holding at most ``band_pairs`` pairs, so memory is bounded
+by one band. On CUDA the bands are large (usually the whole image) and the band loop never waits for the
+GPU: the pair counts of every row are read back once per camera, which sizes the bands and every
+variable-length tensor in them; the only other read-back is the count of drawn pairs in each band.
 
 The returned ``info`` dict carries the keys splatfacto and gsplat's ``DefaultStrategy`` read
 (``means2d`` with a retainable gradient, ``radii``, ``width``, ``height``, ``n_cameras``, ...);
@@ -29,6 +32,10 @@ ALPHA_MIN = 1.0 / 255.0
 TRANSMITTANCE_MIN = 1e-4
 
 RenderMode = Literal["RGB", "D", "ED", "RGB+D", "RGB+ED"]
+
+#: Default (Gaussian, pixel) pairs per band. Forward and backward keep a few hundred bytes per pair, so the
+#: CPU default stays in the hundreds of MB and the CUDA one within a few GB, usually one band per image.
+BAND_PAIRS = {"cpu": 1 << 20, "cuda": 1 << 24}
 
 
 def eval_sh(degree: int, dirs: Tensor, coeffs: Tensor) -> Tensor:
@@ -146,45 +153,70 @@ def _abs_accumulator(target: Tensor, ids: Tensor) -> Callable[[Tensor], None]:
     return hook
 
 
+def _pixel_boxes(
+    means2d: Tensor, extent: Tensor, tiles: Tensor, width: int, height: int, tile_size: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-Gaussian pixel box [x_lo, x_hi) x [y_lo, y_hi): its tiles, cut down to where its alpha can reach 1/255."""
+    with torch.no_grad():
+        mu = means2d.detach()
+        x_lo = torch.maximum(tiles[:, 0] * tile_size, torch.floor(mu[:, 0] - extent - 0.5).long()).clamp(0, width)
+        x_hi = torch.minimum(tiles[:, 2] * tile_size, torch.ceil(mu[:, 0] + extent + 0.5).long()).clamp(0, width)
+        y_lo = torch.maximum(tiles[:, 1] * tile_size, torch.floor(mu[:, 1] - extent - 0.5).long()).clamp(0, height)
+        y_hi = torch.minimum(tiles[:, 3] * tile_size, torch.ceil(mu[:, 1] + extent + 0.5).long()).clamp(0, height)
+        return x_lo, (x_hi - x_lo).clamp_min(0), y_lo, y_hi.maximum(y_lo)
+
+
+def _bands(x_width: Tensor, y_lo: Tensor, y_hi: Tensor, height: int, band_pairs: int) -> list[tuple[int, int, int]]:
+    """Row bands ``(y0, y1, pairs)`` of at most ``band_pairs`` pairs each (a single row may exceed it).
+
+    The pairs of each row (the widths of the boxes covering it) come from a difference array, read back to
+    the host once: this is the camera's one synchronisation before the bands are composited.
+    """
+    with torch.no_grad():
+        diff = torch.zeros(height + 1, dtype=torch.long, device=x_width.device)
+        diff.index_add_(0, y_lo, x_width).index_add_(0, y_hi, -x_width)
+        per_row = torch.cumsum(diff[:-1], 0).tolist()
+    bands, y0, pairs = [], 0, 0
+    for y, row in enumerate(per_row):
+        if y > y0 and pairs + row > band_pairs:
+            bands.append((y0, y, pairs))
+            y0, pairs = y, 0
+        pairs += row
+    bands.append((y0, height, pairs))
+    return bands
+
+
 def _composite_band(
     order: Tensor,
     means2d: Tensor,
     conics: Tensor,
     opacities: Tensor,
     features: Tensor,
-    tiles: Tensor,
-    extent: Tensor,
+    boxes: tuple[Tensor, Tensor, Tensor, Tensor],
     width: int,
     y0: int,
     y1: int,
-    tile_size: int,
+    n_pairs: int,
     absgrad: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
     """Front-to-back compositing of the depth-sorted Gaussians ``order`` over image rows [y0, y1).
 
-    Works on (Gaussian, pixel) pairs: each Gaussian meets only the pixels of its tiles that lie within
-    ``extent`` (the distance beyond which its alpha is < 1/255, so those pixels could not receive
-    anything). Pairs are sorted by (pixel, depth) and composited per pixel with a segmented
-    cumulative product (a float64 cumulative sum of log(1 - alpha)), all in vectorised torch ops.
+    Works on (Gaussian, pixel) pairs: each Gaussian meets only the pixels of its box (``boxes``, in the
+    order of ``order``: x_lo, box width, y_lo, y_hi), within which its alpha can reach 1/255; ``n_pairs``
+    is their number in this band. Pairs are sorted by (pixel, depth) and composited per pixel with a
+    segmented cumulative product (a float64 cumulative sum of log(1 - alpha)), all in vectorised torch ops.
     Returns the accumulated features (h, W, D) and alpha (h, W, 1).
     """
     h = y1 - y0
     device, dtype = means2d.device, means2d.dtype
     n_pix = h * width
     with torch.no_grad():
-        mu = means2d.detach()[order]
-        ext = extent[order]
-        t = tiles[order]
-        # Pixel box: the Gaussian's tiles, cut down to where its alpha can reach 1/255, and to the band.
-        x_lo = torch.maximum(t[:, 0] * tile_size, torch.floor(mu[:, 0] - ext - 0.5).long()).clamp(0, width)
-        x_hi = torch.minimum(t[:, 2] * tile_size, torch.ceil(mu[:, 0] + ext + 0.5).long()).clamp(0, width)
-        y_lo = torch.maximum(t[:, 1] * tile_size, torch.floor(mu[:, 1] - ext - 0.5).long()).clamp(y0, y1)
-        y_hi = torch.minimum(t[:, 3] * tile_size, torch.ceil(mu[:, 1] + ext + 0.5).long()).clamp(y0, y1)
-        box_w, box_h = (x_hi - x_lo).clamp_min(0), (y_hi - y_lo).clamp_min(0)
-        counts = box_w * box_h
-        rank = torch.repeat_interleave(torch.arange(len(order), device=device), counts)
+        x_lo, box_w, y_lo, y_hi = boxes
+        y_lo, y_hi = y_lo.clamp(y0, y1), y_hi.clamp(y0, y1)
+        counts = box_w * (y_hi - y_lo)
+        rank = torch.repeat_interleave(torch.arange(len(order), device=device), counts, output_size=n_pairs)
         first = torch.cumsum(counts, 0) - counts
-        local = torch.arange(len(rank), device=device) - first[rank]
+        local = torch.arange(n_pairs, device=device) - first[rank]
         px = x_lo[rank] + local % box_w[rank]
         py = y_lo[rank] + local // box_w[rank]
     g = order[rank]
@@ -197,10 +229,10 @@ def _composite_band(
     with torch.no_grad():
         hit = torch.nonzero((sigma >= 0) & (alpha >= ALPHA_MIN)).squeeze(-1)
         pixel = (py[hit] - y0) * width + px[hit]
-        # rank is the depth order, so sorting by (pixel, rank) gives each pixel's front-to-back list.
-        sort = torch.argsort(pixel * len(order) + rank[hit])
+        # Pairs are generated in depth order (rank), so a stable sort by pixel gives each pixel's
+        # front-to-back list (a Gaussian meets a pixel at most once).
+        pixel, sort = torch.sort(pixel, stable=True)
         pair = hit[sort]
-        pixel = pixel[sort]
     if absgrad is not None and dx.requires_grad:
         dx.register_hook(_abs_accumulator(absgrad[:, 0], g))
         dy.register_hook(_abs_accumulator(absgrad[:, 1], g))
@@ -246,7 +278,7 @@ def rasterization(
     absgrad: bool = False,
     rasterize_mode: Literal["classic", "antialiased"] = "classic",
     camera_model: str = "pinhole",
-    block_size: int = 64,
+    band_pairs: int | None = None,
     **unused: Any,
 ) -> tuple[Tensor, Tensor, dict[str, Any]]:
     """Render N Gaussians into C cameras; a CPU stand-in for ``gsplat.rasterization`` (1.4.0 layout).
@@ -254,8 +286,9 @@ def rasterization(
     Args follow gsplat: ``means`` (N,3), ``quats`` (N,4) wxyz, ``scales`` (N,3) and ``opacities`` (N,)
     activated, ``colors`` (N,D) / (C,N,D) or SH coefficients (N,K,3) / (C,N,K,3) with ``sh_degree``,
     ``viewmats`` (C,4,4) world-to-camera OpenCV, ``Ks`` (C,3,3) pixels. The image is composited in
-    bands of ``block_size`` rows, which bounds memory. Extra gsplat keyword arguments (e.g.
-    ``channel_chunk``) are accepted and ignored.
+    bands of rows of at most ``band_pairs`` (Gaussian, pixel) pairs (default :data:`BAND_PAIRS` for the
+    device), which bounds memory. Extra gsplat keyword arguments (e.g. ``channel_chunk``) are accepted
+    and ignored.
 
     Returns ``render_colors`` (C,H,W,D[+1]), ``render_alphas`` (C,H,W,1) and ``info``.
     """
@@ -265,8 +298,10 @@ def rasterization(
         raise ValueError(f"the PyTorch rasterizer supports the pinhole camera model only, got {camera_model!r}")
     if render_mode not in ("RGB", "D", "ED", "RGB+D", "RGB+ED"):
         raise ValueError(f"unknown render_mode {render_mode!r}")
-    if block_size % tile_size:
-        raise ValueError(f"block_size {block_size} must be a multiple of tile_size {tile_size}")
+    if band_pairs is None:
+        band_pairs = BAND_PAIRS["cuda" if means.device.type == "cuda" else "cpu"]
+    if band_pairs < 1:
+        raise ValueError(f"band_pairs must be positive, got {band_pairs}")
     n_cams = viewmats.shape[0]
     proj = project_gaussians(
         means, quats, scales, viewmats, Ks, width, height, eps2d, near_plane, far_plane, radius_clip
@@ -308,23 +343,12 @@ def rasterization(
     for cam in range(n_cams):
         visible = torch.nonzero(radii[cam] > 0).squeeze(-1)
         order = visible[torch.argsort(depths[cam, visible].detach(), stable=True)]
+        boxes = _pixel_boxes(means2d[cam, order], extent[cam, order], tile_ranges[cam, order], width, height, tile_size)
         cam_absgrad = absgrad_buf[cam] if absgrad_buf is not None else None
         bands_c, bands_a = [], []
-        for y0 in range(0, height, block_size):
-            y1 = min(y0 + block_size, height)
+        for y0, y1, n_pairs in _bands(boxes[1], boxes[2], boxes[3], height, band_pairs):
             c, a = _composite_band(
-                order,
-                means2d[cam],
-                conics[cam],
-                opac[cam],
-                feats[cam],
-                tile_ranges[cam],
-                extent[cam],
-                width,
-                y0,
-                y1,
-                tile_size,
-                cam_absgrad,
+                order, means2d[cam], conics[cam], opac[cam], feats[cam], boxes, width, y0, y1, n_pairs, cam_absgrad
             )
             bands_c.append(c)
             bands_a.append(a)

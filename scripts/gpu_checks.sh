@@ -1,32 +1,49 @@
 #!/usr/bin/env bash
-# The project's GPU checks in one run on a bare CUDA machine that already has PyTorch (no network):
-#   scripts/gpu_checks.sh OUTDIR
-# Needs: wheels of tyro (+ docstring-parser, typeguard) and gsplat==1.4.0 in .whl/ (gsplat compiles its CUDA
-# kernels on first import, a few minutes), the room sample in $DA3_SAMPLES and the parity fixtures under
-# $DA3_SHARED/fixtures (a copy of ../shared carried along). Each step writes OUTDIR/<step>.log:
-# CUDA benchmarks of the network and the predictor (bf16), then the CUDA tests (network parity on CUDA, the
-# predictor's CUDA path, the pure-PyTorch rasterizer against gsplat).
+# The project's GPU checks in one call on a bare CUDA machine with Python, PyTorch and nvcc but no network:
+#   scripts/gpu_checks.sh OUTDIR [network] [train]          (both when none is named)
+# Needs outputs/gpu/ from `make gpu-prepare` (run where there is network and bpy; carry the folder along):
+# wheels/ (nerfstudio, gsplat, tyro and what they import that the GPU image lacks, for Python 3.12, installed
+# without network or dependencies) and demo_data/ (the demo scene with its ground-truth geometry).
+#   network: CUDA benchmarks of the network and the predictor (bf16) and the CUDA tests (network parity on CUDA,
+#            the predictor's CUDA path); needs the parity fixtures under $DA3_SHARED/fixtures (a copy of ../shared).
+#            They run while gsplat's kernels build.
+#   train:   gsplat's kernels built and checked by `python -m da3_nerfstudio.gsplat_kernels` (what `make gpu`
+#            runs), the PyTorch rasterizer against gsplat, then scripts/bench_gpu_train.py: da3-splat with gsplat
+#            and with the PyTorch rasterizer, splatfacto from sparse points and from random Gaussians, 45 s of
+#            training each. About 8 minutes on an H100 (the build about 2.5, the runs about 4.5).
+# Each step writes OUTDIR/<step>.log (at most 8 files, as the device tool brings back).
 set -uo pipefail
-out=${1:?usage: scripts/gpu_checks.sh OUTDIR}
+out=${1:?usage: scripts/gpu_checks.sh OUTDIR [network] [train]}
+shift
+steps=" ${*:-network train} "
 mkdir -p "$out"
 # One arch list for the gsplat build and the tests: torch's JIT rebuilds everything when its flags change.
 export PYTHONUNBUFFERED=1 PYTHONPATH="/tmp/site:$PWD" TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl ||
-  exit 1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+  outputs/gpu/wheels/*.whl || exit 1
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc
-  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; } >"$out/machine.log" 2>&1
+  python3 -c "import torch, numpy; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'numpy', numpy.__version__)"
+  command -v nvcc && nvcc --version | tail -2; } >"$out/machine.log" 2>&1
 
-# gsplat's JIT build runs beside the benchmarks on 12 of the 16 cores.
-(time MAX_JOBS=12 python3 -c "from gsplat.cuda._backend import _C; assert _C is not None") \
-  >"$out/gsplat_build.log" 2>&1 &
+# gsplat's JIT build (announced, then checked against the PyTorch rasterizer), beside the network steps if any.
+jobs=$([[ $steps == *" network "* ]] && echo 12 || echo 16)
+(time MAX_JOBS=$jobs timeout 300 python3 -m da3_nerfstudio.gsplat_kernels) >"$out/gsplat_kernels.log" 2>&1 &
 build=$!
 
-timeout 150 python3 scripts/bench_model.py --devices cuda --views 1 4 8 16 32 64 >"$out/bench_model.log" 2>&1
-timeout 120 python3 scripts/bench_predict.py --devices cuda >"$out/bench_predict.log" 2>&1
-timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_model_parity.py tests/test_predictor.py \
-  -k "cuda" >"$out/test_cuda.log" 2>&1
+if [[ $steps == *" network "* ]]; then
+  timeout 150 python3 scripts/bench_model.py --devices cuda --views 1 4 8 16 32 64 >"$out/bench_model.log" 2>&1
+  timeout 120 python3 scripts/bench_predict.py --devices cuda >"$out/bench_predict.log" 2>&1
+  timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_model_parity.py tests/test_predictor.py \
+    -k "cuda" >"$out/test_cuda.log" 2>&1
+fi
 wait "$build"
-echo "build exit $?" >>"$out/gsplat_build.log"
-timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_rasterize.py tests/test_splat_init.py -k gsplat \
-  >"$out/test_gsplat.log" 2>&1
+echo "exit $?" >>"$out/gsplat_kernels.log"
+
+if [[ $steps == *" train "* ]]; then
+  timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_rasterize.py tests/test_splat_init.py \
+    -k gsplat >"$out/test_gsplat.log" 2>&1
+  timeout 360 python3 scripts/bench_gpu_train.py --data outputs/gpu/demo_data --workdir /tmp/bench_gpu_train \
+    >"$out/bench_gpu_train.log" 2>&1
+  tail -n 40 /tmp/bench_gpu_train/*.log >"$out/train_runs.log" 2>&1
+fi
 echo "done"

@@ -7,15 +7,16 @@ Differences from splatfacto (everything else, densification and SH schedule incl
 * a confidence-weighted depth loss (L1 on depth or inverse depth, or Pearson) with a decaying
   weight, against the DA3 depth downscaled exactly like the image by splatfacto's resolution schedule;
 * camera optimisation on by default;
-* device-agnostic: gsplat on CUDA, the pure-PyTorch rasterizer of :mod:`da3_nerfstudio.rasterize`
-  elsewhere (slow; for tests and small scenes), and LPIPS is skipped with a warning when its
-  weights cannot be downloaded.
+* device-agnostic: gsplat on CUDA when its kernels load, the pure-PyTorch rasterizer of
+  :mod:`da3_nerfstudio.rasterize` otherwise (chosen by :mod:`da3_nerfstudio.gsplat_kernels`, with one
+  line saying why), and LPIPS is skipped with a warning when its weights cannot be downloaded.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from gsplat.strategy import DefaultStrategy
@@ -35,6 +36,8 @@ from pytorch_msssim import SSIM
 from torch import Tensor
 from torchmetrics.image import PeakSignalNoiseRatio
 
+from da3_nerfstudio.errors import DA3Error
+from da3_nerfstudio.gsplat_kernels import select_rasterizer
 from da3_nerfstudio.losses import DepthLossType, depth_loss, depth_weight_schedule, downscale_depth
 from da3_nerfstudio.rotation import SH_C0
 
@@ -58,7 +61,8 @@ class DA3SplatModelConfig(SplatfactoModelConfig):
     depth_loss_min_alpha: float = 0.5
     """Pixels whose rendered opacity is below this are not supervised (no surface rendered yet)."""
     rasterizer: Literal["auto", "gsplat", "torch"] = "auto"
-    """gsplat (CUDA) or the pure-PyTorch rasterizer; auto picks gsplat on CUDA devices."""
+    """gsplat (CUDA kernels) or the pure-PyTorch rasterizer; auto picks gsplat on CUDA when its kernels load (or
+    build), else the PyTorch one on the same device; gsplat refuses to run without them."""
     camera_optimizer: CameraOptimizerConfig = field(default_factory=lambda: CameraOptimizerConfig(mode="SO3xR3"))
     """DA3 poses are good, not perfect: refine them by default."""
 
@@ -72,6 +76,11 @@ def camera_to_viewmat(c2w: Tensor) -> Tensor:
     viewmat[:, :3, 3:4] = -rot_inv @ c2w[:, :3, 3:4]
     viewmat[:, 3, 3] = 1.0
     return viewmat
+
+
+def _announce(line: str) -> None:
+    """One line of the rasterizer choice, never wrapped (rich wraps at 80 columns outside a terminal)."""
+    CONSOLE.print(line, style="bold yellow", soft_wrap=True, markup=False, highlight=False)
 
 
 def _make_lpips() -> torch.nn.Module | None:
@@ -133,7 +142,7 @@ class DA3SplatModel(SplatfactoModel):
             verbose=True,
         )
         self.strategy_state = self.strategy.initialize_state(scene_scale=1.0)
-        self._logged_rasterizer = False
+        self._rasterizer: Callable[..., tuple[Tensor, Tensor, dict]] | None = None
 
     # -- initialisation ---------------------------------------------------------------------------
 
@@ -193,24 +202,19 @@ class DA3SplatModel(SplatfactoModel):
 
     # -- rendering --------------------------------------------------------------------------------
 
-    def _rasterization(self) -> Any:
-        """gsplat's ``rasterization`` on CUDA, else the pure-PyTorch one (logged once)."""
-        use_torch = self.config.rasterizer == "torch" or (
-            self.config.rasterizer == "auto" and self.means.device.type != "cuda"
-        )
-        if use_torch:
-            from da3_nerfstudio.rasterize import rasterization
-
-            if not self._logged_rasterizer:
-                CONSOLE.print(
-                    "[bold yellow]da3-splat: no CUDA, rendering with the pure-PyTorch rasterizer "
-                    "(slow: for tests and small scenes)"
-                )
-                self._logged_rasterizer = True
-            return rasterization
-        from gsplat.rendering import rasterization
-
-        return rasterization
+    def _rasterization(self) -> Callable[..., tuple[Tensor, Tensor, dict]]:
+        """gsplat's ``rasterization`` or the pure-PyTorch one, chosen at the first render (the device is known)."""
+        if self._rasterizer is None:
+            try:
+                backend = select_rasterizer(self.config.rasterizer, self.means.device.type, _announce)
+            except DA3Error as err:  # ns-train's command line: one line, no traceback
+                raise SystemExit(f"error: {err}") from None
+            if backend == "gsplat":
+                from gsplat.rendering import rasterization
+            else:
+                from da3_nerfstudio.rasterize import rasterization
+            self._rasterizer = rasterization
+        return self._rasterizer
 
     def _depth_loss_active(self) -> bool:
         return self.training and self.config.depth_loss_weight > 0
