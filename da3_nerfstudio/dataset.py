@@ -699,6 +699,8 @@ def input_fingerprint(inputs: Sequence[str | Path], settings: Mapping[str, Any])
                 stat = file.stat()
                 name = file.name if file == path else f"{path.name}/{file.name}"
                 entries.append([index, name, stat.st_size, stat.st_mtime_ns])
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such file or folder") from None
         except OSError as err:
             raise InputError(f"{path}: cannot read ({err.strerror or err})") from None
     try:
