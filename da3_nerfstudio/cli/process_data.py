@@ -465,7 +465,10 @@ Command = (
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default: the command line), run, and return the exit code."""
     command = tyro.cli(Command, args=argv, prog="da3-process-data", description=DESCRIPTION)
-    logging.basicConfig(level=logging.WARNING, handlers=[RichHandler(console=console, show_path=False)], force=True)
+    # Rich shows the level itself: the record is formatted as its message only (the default format repeated
+    # "WARNING:da3_nerfstudio.preprocess:" after Rich's own "WARNING").
+    handler = RichHandler(console=console, show_path=False, show_time=False)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler], force=True)
     logging.getLogger("da3_nerfstudio").setLevel(logging.INFO)
     try:
         command.main()
