@@ -262,6 +262,24 @@ def remove_stale_staging(out: str | Path) -> list[Path]:
     return removed
 
 
+def replace_folder(new: Path, out: Path, backup: Path) -> None:
+    """Put folder ``new`` in ``out``'s place; the previous ``out`` ends up at ``new``'s name (for the caller to
+    remove). One atomic exchange where the system has it (Linux renameat2), else two renames through ``backup``
+    (restored on failure; a kill between them leaves ``backup`` for :func:`remove_stale_staging`)."""
+    if not os.path.lexists(out):
+        os.rename(new, out)
+        return
+    if _exchange(new, out):
+        return
+    os.rename(out, backup)
+    try:
+        os.rename(new, out)
+    except BaseException:
+        os.rename(backup, out)
+        raise
+    os.rename(backup, new)
+
+
 def _exchange(a: Path, b: Path) -> bool:
     """Atomically swap two paths (Linux renameat2); False where the system or filesystem cannot."""
     renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
@@ -317,11 +335,7 @@ def check_output_dir(output_dir: str | Path, *, overwrite: bool = False, inputs:
 def _swap_into_place(stage: Path, out: Path) -> None:
     """Put the finished ``stage`` in ``out``'s place, keeping the user's entries of ``out``; on failure ``out``
     is as it was. The previous dataset ends up at ``stage``'s name (removed by the caller)."""
-    if not out.exists():
-        os.rename(stage, out)
-        (out / STAGING_MARKER).unlink(missing_ok=True)
-        return
-    keep, in_the_way = _classify(out)
+    keep, in_the_way = _classify(out) if out.exists() else ([], [])
     if in_the_way:  # appeared while the dataset was computed
         raise InputError(f"{out}: {in_the_way[0]} appeared where {TOOL} writes its output; nothing was changed")
     _write_marker(stage, out, keep)
@@ -330,15 +344,7 @@ def _swap_into_place(stage: Path, out: Path) -> None:
         for name in keep:
             os.rename(out / name, stage / name)
             moved.append(name)
-        if not _exchange(stage, out):  # two renames; a run killed between them is rolled back by the next run
-            backup = stage.with_name(stage.name.removesuffix(".da3-new") + ".da3-old")
-            os.rename(out, backup)
-            try:
-                os.rename(stage, out)
-            except BaseException:
-                os.rename(backup, out)
-                raise
-            os.rename(backup, stage)
+        replace_folder(stage, out, stage.with_name(stage.name.removesuffix(".da3-new") + ".da3-old"))
     except BaseException:
         for name in reversed(moved):
             os.rename(stage / name, out / name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -470,6 +471,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = RichHandler(console=console, show_path=False, show_time=False)
     logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler], force=True)
     logging.getLogger("da3_nerfstudio").setLevel(logging.INFO)
+    # SIGTERM (a Blender cancel, `kill`, a batch scheduler) unwinds like Ctrl-C, so the staging folders are removed.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         command.main()
     except DA3Error as err:
@@ -478,7 +481,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: the output folder was left as it was", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def entrypoint() -> None:

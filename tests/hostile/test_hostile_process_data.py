@@ -570,3 +570,19 @@ def test_log_lines_are_not_duplicated(capsys: pytest.CaptureFixture[str], area: 
     assert text.count("different processed sizes") == 1 and text.count("overlapping chunks") == 1, text
     assert "WARNING:" not in text and "INFO:" not in text, text
     assert stdout.rstrip().splitlines()[-1] == f"wrote {out}"
+
+
+@pytest.mark.parametrize("point", ["extracting frames", "writing images"])
+def test_sigterm_removes_its_staging_at_once(area: Path, checkpoint: Path, truth: dict, point: str) -> None:
+    out = area / "scene"
+    write_dataset(prediction(truth, [0, 1, 2]), out, options=SMALL)
+    add_user_files(out)
+    earlier = snapshot(out)
+    command = [BIN / "da3-process-data", "video", "--data", VIDEO, "--output-dir", out, "--model", checkpoint,
+               "--num-frames-target", "12", *FAST]  # fmt: skip
+    process = subprocess.Popen([str(c) for c in command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(KILL_POINTS[point](area), process)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and err == "interrupted: the output folder was left as it was\n"
+    assert snapshot(out) == earlier and staging_leftovers(area) == []
