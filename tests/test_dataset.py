@@ -429,7 +429,7 @@ def test_input_fingerprint_follows_inputs_and_settings(tmp_path: Path) -> None:
     assert len({first, *changed}) == len(changed) + 1
     (photos / ".DS_Store").write_bytes(b"hidden files are not inputs")
     assert input_fingerprint([photos, known], settings) == changed[-1]
-    with pytest.raises(InputError, match="missing.png: cannot read"):
+    with pytest.raises(InputError, match="missing.png: no such file or folder"):
         input_fingerprint([tmp_path / "missing.png"], settings)
 
 
