@@ -204,6 +204,22 @@ def test_bad_options_are_refused_before_the_model_loads(
     assert_unchanged(before, area)
 
 
+@pytest.mark.parametrize(
+    ("device", "needle"),
+    [("foo", "device 'foo': not a torch device"), ("cuda:7", "device 'cuda:7'"),
+     ("meta", "device 'meta': not supported"), ("cuda:x", "device 'cuda:x': not a torch device")],
+)  # fmt: skip
+def test_predictor_refuses_a_missing_device_before_loading(checkpoint: Path, no_model: None, device: str,
+                                                           needle: str) -> None:  # fmt: skip
+    from da3_nerfstudio.predictor import DA3Predictor
+
+    before = snapshot(checkpoint)
+    with pytest.raises(InputError) as caught:
+        DA3Predictor(checkpoint, device=device)
+    assert needle in str(caught.value) and "\n" not in str(caught.value)
+    assert_unchanged(before, checkpoint)
+
+
 def test_known_poses_are_read_before_the_model_loads(
     capsys: pytest.CaptureFixture[str], area: Path, checkpoint: Path, no_model: None
 ) -> None:
