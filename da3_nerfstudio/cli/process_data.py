@@ -39,7 +39,7 @@ from da3_nerfstudio.dataset import (
 )
 from da3_nerfstudio.errors import DA3Error, InputError
 from da3_nerfstudio.geometry import rescale_intrinsics, to_homogeneous
-from da3_nerfstudio.model.presets import ModelPreset
+from da3_nerfstudio.model.presets import ModelPreset, NetConfig
 from da3_nerfstudio.prediction import CONF_PERCENTILE, Prediction
 
 #: Best geometry that fits about 100 views on a 24 GB GPU (bf16), metric scale; CC BY-NC 4.0.
@@ -47,9 +47,10 @@ DEFAULT_MODEL = "depth-anything/DA3NESTED-GIANT-LARGE-1.1"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 #: Without a terminal (e.g. under the Blender add-on) progress is printed as lines at this step.
 _LINE_STEP = 0.05
-#: What a prediction keeps per processed pixel of every view until the dataset is written (image, depth,
-#: confidence, rays, Gaussian-head parameters), for the memory estimate made before the model loads.
-_KEPT_BYTES_PER_PIXEL = 96
+#: Per processed pixel of every view, for the memory estimate made before the model loads: what the prediction
+#: keeps (uint8 RGB, float32 depth and confidence, sky flag: 12 bytes) and the dataset writer's point arrays
+#: (float32 xyz, colour, int64 view/row/column: about 50 bytes).
+_KEPT_BYTES_PER_PIXEL = 64
 #: Options that name inputs: the fingerprint covers those files themselves, not where they are.
 _INPUT_OPTIONS = ("data", "images", "known_poses")
 #: Options that do not change the dataset.
@@ -225,14 +226,17 @@ class _Network(_Common):
                 "such as DA3NESTED-GIANT-LARGE-1.1, DA3-LARGE-1.1 or DA3-SMALL"
             )
         weights = folder / "model.safetensors"
-        self._check_memory(preset, weights.stat().st_size if weights.is_file() else 0, sizes, views)
+        self._check_memory(preset, net, weights.stat().st_size if weights.is_file() else 0, sizes, views)
         return folder
 
     def _check_memory(
-        self, preset: ModelPreset, weight_bytes: int, sizes: Sequence[tuple[int, int]], views: int
+        self, preset: ModelPreset, net: NetConfig, weight_bytes: int, sizes: Sequence[tuple[int, int]], views: int
     ) -> None:
         """Refuse a run whose estimated memory (weights, one network pass, the prediction of every view) exceeds
         what the device has available, instead of allocating until the kernel kills the process."""
+        import torch
+
+        from da3_nerfstudio.model.dpt import HEAD_CHUNK
         from da3_nerfstudio.predictor import MIN_OVERLAP, available_memory, pass_memory, resolve_device
         from da3_nerfstudio.preprocess import processed_size
 
@@ -242,15 +246,24 @@ class _Network(_Common):
         )
         per_pass = min(views, self.max_views_per_chunk or MIN_OVERLAP + 1)
         per_view, heads = pass_memory(preset, height, width)
-        need = weight_bytes + per_pass * per_view + heads + views * height * width * _KEPT_BYTES_PER_PIXEL
+        kept = _KEPT_BYTES_PER_PIXEL
+        if self.gaussian_head and net.gs_adapter is not None:  # float32 means, scales, rotation, opacity, harmonics
+            kept += 4 * (3 + 3 + 4 + 1 + 3 * (net.gs_adapter.sh_degree + 1) ** 2)
+        # On the device; the heads run at most HEAD_CHUNK views of a pass at a time.
+        network = weight_bytes + per_pass * per_view + heads * min(per_pass, HEAD_CHUNK) // HEAD_CHUNK
+        results = views * height * width * kept  # in RAM, whatever the device
         device = resolve_device(self.device)
-        available = available_memory(device)
-        if need > available:
-            raise InputError(
-                f"--process-res {self.process_res}: {views} views at {width}x{height} with {preset.name} need about "
-                f"{need / 2**30:.1f} GiB ({per_pass} views per pass) but {device.type} has {available / 2**30:.1f} "
-                "GiB available; lower --process-res or --max-views-per-chunk"
-            )
+        cpu = torch.device("cpu")
+        needs = [(device, network + results)] if device.type == "cpu" else [(device, network), (cpu, results)]
+        for where, need in needs:
+            available = available_memory(where)
+            if need > available:
+                raise InputError(
+                    f"--process-res {self.process_res}: {views} views at {width}x{height} with {preset.name} need "
+                    f"about {need / 2**30:.1f} GiB of {'RAM' if where.type == 'cpu' else where} ({per_pass} views "
+                    f"per pass) but {available / 2**30:.1f} GiB is available; lower --process-res, "
+                    "--max-views-per-chunk or the number of views"
+                )
 
     def _run(
         self,

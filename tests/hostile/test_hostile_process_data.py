@@ -147,7 +147,7 @@ OPTION_CASES = [
     (
         "images",
         ["--process-res", "200000"],
-        ["--process-res 200000: 2 views at", "GiB available", "lower --process-res"],
+        ["--process-res 200000: 2 views at", "GiB of RAM", "GiB is available", "lower --process-res"],
     ),
     (
         "images",
