@@ -185,7 +185,7 @@ def _classify(folder: Path) -> tuple[list[str], list[str]]:
             in_the_way += [f for f in files if f not in owned]
         elif not any(f in owned for f in files):
             keep.append(entry.name)
-        else:  # a folder of ours that cannot be (files listed outside the writer's names: a hand-edited manifest)
+        else:  # another name holding files of ours and of someone else (a manifest of another version)
             in_the_way += [f for f in files if f not in owned]
     return keep, in_the_way
 
@@ -251,9 +251,10 @@ def remove_stale_staging(out: str | Path) -> list[Path]:
     for entry in out.parent.iterdir():
         match = pattern.match(entry.name)
         if match and entry.is_dir() and not entry.is_symlink() and not _pid_alive(int(match.group(1))):
-            stale.append((_STAGING_KINDS.index(match.group(2)) != 1, entry))
+            stale.append(entry)
     removed = []
-    for _, folder in sorted(stale):  # previous datasets (da3-old) first: they restore a missing output
+    # Previous datasets (da3-old) first: they restore a missing output before moved entries go back into it.
+    for folder in sorted(stale, key=lambda p: not p.name.endswith(".da3-old")):
         if folder.name.endswith(".da3-old") and not os.path.lexists(out):
             os.rename(folder, out)
             removed.append(folder)

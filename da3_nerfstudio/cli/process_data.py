@@ -491,6 +491,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DA3Error as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # the file system refused (disk full, permissions) outside the dataset writer
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: the output folder was left as it was", file=sys.stderr)
         return 130
