@@ -100,7 +100,10 @@ def extract_frames(
 
             def save(frame: av.VideoFrame) -> None:
                 path = output_dir / f"frame_{len(written) + 1:05d}.png"
-                Image.fromarray(_upright(frame)).save(path, compress_level=1)
+                try:
+                    Image.fromarray(_upright(frame)).save(path, compress_level=1)
+                except OSError as err:  # disk full, quota: one line naming where
+                    raise InputError(f"{path}: cannot write the frame ({err.strerror or err})") from None
                 written.append(path)
                 if progress is not None:
                     progress(len(written), len(wanted))

@@ -602,3 +602,24 @@ def test_sigterm_removes_its_staging_at_once(area: Path, checkpoint: Path, truth
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130 and err == "interrupted: the output folder was left as it was\n"
     assert snapshot(out) == earlier and staging_leftovers(area) == []
+
+
+def _small_file_limit() -> None:
+    """A real "disk full" for the child: files may not grow past 64 KiB (EFBIG instead of SIGXFSZ)."""
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+
+def test_a_full_disk_while_extracting_frames_is_one_line_and_leaves_nothing(area: Path, checkpoint: Path) -> None:
+    out = area / "scene"
+    before = snapshot(area)
+    result = subprocess.run(
+        [str(BIN / "da3-process-data"), "video", "--data", str(VIDEO), "--output-dir", str(out), "--model",
+         str(checkpoint), "--num-frames-target", "3", *FAST],
+        capture_output=True, text=True, timeout=300, preexec_fn=_small_file_limit,
+    )  # fmt: skip
+    needle = "frame_00001.png: cannot write the frame (File too large)"
+    assert_one_line_error(result.returncode, result.stdout, result.stderr, needle)
+    assert_unchanged(before, area)
