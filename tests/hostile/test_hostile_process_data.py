@@ -623,3 +623,18 @@ def test_a_full_disk_while_extracting_frames_is_one_line_and_leaves_nothing(area
     needle = "frame_00001.png: cannot write the frame (File too large)"
     assert_one_line_error(result.returncode, result.stdout, result.stderr, needle)
     assert_unchanged(before, area)
+
+
+def test_a_full_disk_while_writing_keeps_the_earlier_dataset(area: Path, truth: dict) -> None:
+    out = area / "scene"
+    write_dataset(prediction(truth, [0, 1]), out, options=SMALL)
+    add_user_files(out)
+    before = snapshot(area)
+    result = subprocess.run(
+        [str(BIN / "da3-process-data"), "predictions", "--data", str(area / "room.npz"), "--output-dir", str(out),
+         "--num-points", "3000", "--num-gaussians", "5000"],
+        capture_output=True, text=True, timeout=300, preexec_fn=_small_file_limit,
+    )  # fmt: skip
+    needle = f"{out}: writing the dataset failed ([Errno 27] File too large"
+    assert_one_line_error(result.returncode, result.stdout, result.stderr, needle)
+    assert_unchanged(before, area)
