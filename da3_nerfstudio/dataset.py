@@ -35,6 +35,7 @@ import math
 import os
 import re
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -211,7 +212,7 @@ def staging_folder(out: Path, kind: str) -> Path:
 
 
 def _write_marker(folder: Path, out: Path, moved: list[str]) -> None:
-    marker = {"tool": TOOL, "pid": os.getpid(), "output": out.name, "moved": moved}
+    marker = {"tool": TOOL, "host": socket.gethostname(), "pid": os.getpid(), "output": out.name, "moved": moved}
     tmp = folder / f"{STAGING_MARKER}.tmp"
     tmp.write_text(json.dumps(marker) + "\n", encoding="utf-8")
     os.replace(tmp, folder / STAGING_MARKER)
@@ -225,6 +226,8 @@ def _discard_staging(folder: Path, out: Path) -> bool:
     except (OSError, ValueError):
         marker = None
     if isinstance(marker, dict) and marker.get("tool") == TOOL:
+        if marker.get("host", socket.gethostname()) != socket.gethostname():
+            return False  # another machine's run on a shared file system: its pid means nothing here
         for name in marker.get("moved", []):
             source = folder / name
             if os.path.lexists(source) and out.is_dir() and not os.path.lexists(out / name):

@@ -51,10 +51,10 @@ _LINE_STEP = 0.05
 #: keeps (uint8 RGB, float32 depth and confidence, sky flag: 12 bytes) and the dataset writer's point arrays
 #: (float32 xyz, colour, int64 view/row/column: about 50 bytes).
 _KEPT_BYTES_PER_PIXEL = 64
-#: Options that name inputs: the fingerprint covers those files themselves, not where they are.
+#: Options that change how a dataset is made, not what it holds: left out of its fingerprint (resume).
+_NOT_IN_RESULT = ("output_dir", "overwrite", "device")
+#: Options that name inputs: the fingerprint covers those files (names, sizes, mtimes), not where they are.
 _INPUT_OPTIONS = ("data", "images", "known_poses")
-#: Options that do not change the dataset.
-_OUTPUT_OPTIONS = ("output_dir", "overwrite")
 
 DESCRIPTION = (
     "Pose-free dataset preprocessing with Depth Anything 3: cameras, depth, points and initial Gaussians for "
@@ -133,15 +133,15 @@ class _Common:
         """The command's options as JSON values, for the manifest."""
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 
-    def inputs(self) -> list[Path]:
+    def _inputs(self) -> list[Path]:
         """The files and folders the dataset is made from."""
         return [p for p in (getattr(self, name, None) for name in _INPUT_OPTIONS) if p is not None]
 
     def fingerprint(self) -> str:
-        """:func:`~da3_nerfstudio.dataset.input_fingerprint` of the inputs and of every option that changes the
-        dataset (stored in the manifest; ``dataset_is_current`` compares it)."""
-        settings = {k: v for k, v in self._settings().items() if k not in _INPUT_OPTIONS + _OUTPUT_OPTIONS}
-        return input_fingerprint(self.inputs(), {"command": type(self).__name__, **settings})
+        """What the dataset is made from (inputs and settings), stored in its manifest: a rerun can skip a
+        dataset whose fingerprint is current (:func:`da3_nerfstudio.dataset.dataset_is_current`)."""
+        settings = {k: v for k, v in self._settings().items() if k not in _NOT_IN_RESULT + _INPUT_OPTIONS}
+        return input_fingerprint(self._inputs(), settings)
 
     def _write(
         self,
@@ -312,7 +312,7 @@ class ImagesCommand(_Network):
     def main(self) -> DatasetSummary:
         self._check()
         images = list_images(self.data)
-        check_output_dir(self.output_dir, overwrite=self.overwrite, inputs=self.inputs())
+        check_output_dir(self.output_dir, overwrite=self.overwrite, inputs=self._inputs())
         folder = self._prepare([image_header(p)[:2] for p in images], len(images))
         known = None if self.known_poses is None else load_known_poses(self.known_poses, images)
         fingerprint = self.fingerprint()
@@ -337,7 +337,7 @@ class VideoCommand(_Network):
         if self.data.is_dir():
             raise InputError(f"{self.data}: is a folder; use `da3-process-data images` for photos")
         width, height, count = probe_video(self.data)
-        check_output_dir(self.output_dir, overwrite=self.overwrite, inputs=self.inputs())
+        check_output_dir(self.output_dir, overwrite=self.overwrite, inputs=self._inputs())
         folder = self._prepare([(width, height)], len(frame_indices(count, self.num_frames_target)))
         fingerprint = self.fingerprint()
         remove_stale_staging(self.output_dir.resolve())
@@ -369,7 +369,7 @@ class PredictionsCommand(_Common):
 
     def main(self) -> DatasetSummary:
         self._options()  # bad option values fail before anything is read
-        check_output_dir(self.output_dir, overwrite=self.overwrite, inputs=self.inputs())
+        check_output_dir(self.output_dir, overwrite=self.overwrite, inputs=self._inputs())
         prediction = Prediction.load(self.data)
         fingerprint = self.fingerprint()
         paths = None

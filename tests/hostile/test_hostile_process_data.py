@@ -497,12 +497,13 @@ def test_stale_staging_is_removed_only_when_ours_and_dead(area: Path, truth: dic
     running = _stage(area, "scene", alive, "da3-new", {"moved": []})
     lookalike = _stage(area, "scene", dead, "da3-new", None)
     (lookalike / "thesis.tex").write_text("not ours")
-    other_output = _stage(area, "other", dead, "da3-new", {"moved": []})
-    kept = snapshot(running, lookalike, other_output)
+    other_output = _stage(area, "scenery", dead, "da3-new", {"moved": []})
+    other_host = _stage(area, "scene", dead, "da3-new", {"moved": [], "host": "another-node-of-the-cluster"})
+    kept = snapshot(running, lookalike, other_output, other_host)
     removed = remove_stale_staging(out)
     assert sorted(removed) == sorted([new, frames, old])
-    assert staging_leftovers(area) == sorted(p.name for p in (running, lookalike, other_output))
-    assert_unchanged(kept, running, lookalike, other_output)
+    assert staging_leftovers(area) == sorted(p.name for p in (running, lookalike, other_output, other_host))
+    assert_unchanged(kept, running, lookalike, other_output, other_host)
 
 
 def test_an_interrupted_swap_is_rolled_back_without_losing_the_users_files(area: Path, truth: dict) -> None:
