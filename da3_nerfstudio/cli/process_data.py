@@ -193,6 +193,11 @@ class _Network(_Common):
     gaussian_head: bool = True
     """Use the model's Gaussian head for splat_init.ply when it has one (else Gaussians from depth)."""
 
+    def _inputs(self) -> list[Path]:
+        """The inputs, and a local checkpoint folder (other weights, other dataset)."""
+        model = Path(self.model)
+        return [*super()._inputs(), *([model] if model.is_dir() else [])]
+
     def _check(self) -> None:
         """Option values, before any input is read."""
         from da3_nerfstudio.predictor import resolve_device

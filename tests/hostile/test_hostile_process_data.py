@@ -465,6 +465,20 @@ def test_the_cli_fingerprint_marks_a_dataset_current_until_an_input_changes(
     assert dataset_is_current(out, command.fingerprint()) == (False, f"{out}: written from other inputs or settings")
 
 
+def test_the_network_fingerprint_covers_the_checkpoint_and_not_the_device(area: Path, tmp_path: Path) -> None:
+    from da3_nerfstudio.cli.process_data import ImagesCommand
+
+    model = write_checkpoint(tmp_path / "weights", "da3-small")
+    command = ImagesCommand(data=area / "photos", output_dir=area / "out", model=str(model))
+    first = command.fingerprint()
+    assert ImagesCommand(data=area / "photos", output_dir=area / "elsewhere", model=str(model), device="cpu",
+                         overwrite=True).fingerprint() == first  # fmt: skip
+    assert ImagesCommand(data=area / "photos", output_dir=area / "out", model=str(model),
+                         process_res=518).fingerprint() != first  # fmt: skip
+    os.utime(model / "model.safetensors", ns=(1, 1))
+    assert command.fingerprint() != first
+
+
 # ------------------------------------------------------------------------------------------------
 # Staging folders of killed runs
 
