@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,9 @@ from da3_nerfstudio import dataset as dataset_module
 from da3_nerfstudio.dataset import (
     MANIFEST,
     DatasetOptions,
+    dataset_is_current,
     downscale_factors,
+    input_fingerprint,
     split_indices,
     voxel_downsample,
     write_dataset,
@@ -342,12 +345,21 @@ def test_split_holds_out_every_eighth_view() -> None:
     assert split_indices(5, 0) == (list(range(5)), list(range(5)))
 
 
-def test_rerun_replaces_a_dataset_and_unrelated_folders_need_overwrite(gt: dict, tmp_path: Path) -> None:
+def test_rerun_replaces_only_the_tools_files_and_keeps_the_users(gt: dict, tmp_path: Path) -> None:
     out = tmp_path / "out"
     write_dataset(room_prediction(gt, [0, 1, 2]), out, options=SMALL)
+    manifest = json.loads((out / MANIFEST).read_text())
+    written = {str(p.relative_to(out)): p.stat().st_size for p in out.rglob("*") if p.is_file()}
+    assert manifest["files"] == {k: v for k, v in written.items() if k != str(MANIFEST)}
+    (out / "notes.md").write_text("lens: 24 mm")
+    (out / "outputs" / "da3-splat").mkdir(parents=True)
+    (out / "outputs" / "da3-splat" / "step-000029999.ckpt").write_bytes(b"trained for a day")
+    users = {k: v for k, v in tree_digest(out).items() if k.startswith(("notes", "outputs"))}
     write_dataset(room_prediction(gt, [3, 4]), out, options=SMALL)
     assert len(json.loads((out / "transforms.json").read_text())["frames"]) == 2
     assert not (out / "images" / "frame_00003.png").exists() and leftovers(tmp_path) == []
+    assert {k: v for k, v in tree_digest(out).items() if k.startswith(("notes", "outputs"))} == users
+    assert ".da3-staging.json" not in {p.name for p in out.iterdir()}
 
     unrelated = tmp_path / "photos_of_my_cat"
     unrelated.mkdir()
@@ -355,8 +367,10 @@ def test_rerun_replaces_a_dataset_and_unrelated_folders_need_overwrite(gt: dict,
     with pytest.raises(InputError, match="not written by da3-process-data; pass --overwrite"):
         write_dataset(room_prediction(gt, [0, 1]), unrelated)
     assert (unrelated / "cat.txt").read_text() == "precious" and leftovers(tmp_path) == []
+    # --overwrite writes the dataset into the folder and still keeps what the tool did not write.
     write_dataset(room_prediction(gt, [0, 1]), unrelated, overwrite=True, options=SMALL)
-    assert not (unrelated / "cat.txt").exists() and (unrelated / "transforms.json").is_file()
+    assert (unrelated / "cat.txt").read_text() == "precious" and (unrelated / "transforms.json").is_file()
+    assert "cat.txt" not in json.loads((unrelated / MANIFEST).read_text())["files"]
 
 
 def test_a_failing_write_leaves_the_previous_dataset_untouched(
@@ -387,3 +401,77 @@ def test_images_of_the_wrong_shape_are_refused(gt: dict, tmp_path: Path) -> None
     with pytest.raises(InputError, match="the prediction has no cameras"):
         write_dataset(cameraless, tmp_path / "out")
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_input_fingerprint_follows_inputs_and_settings(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        (photos / f"{i}.png").write_bytes(bytes([i]) * (10 + i))
+    known = tmp_path / "known.json"
+    known.write_text("{}")
+    settings = {"process_res": 504, "model": "depth-anything/DA3-SMALL", "output": tmp_path / "out"}
+    first = input_fingerprint([photos, known], settings)
+    assert len(first) == 64 and first == input_fingerprint([photos, known], dict(reversed(settings.items())))
+    changed = [
+        input_fingerprint([photos, known], {**settings, "process_res": 518}),
+        input_fingerprint([known, photos], settings),
+        input_fingerprint([photos], settings),
+    ]
+    (photos / "1.png").write_bytes(b"edited, other size")
+    changed.append(input_fingerprint([photos, known], settings))
+    os.utime(photos / "0.png", ns=(1, 1))
+    changed.append(input_fingerprint([photos, known], settings))
+    (photos / "3.png").write_bytes(b"new photo")
+    changed.append(input_fingerprint([photos, known], settings))
+    (photos / "3.png").rename(photos / "4.png")
+    changed.append(input_fingerprint([photos, known], settings))
+    assert len({first, *changed}) == len(changed) + 1
+    (photos / ".DS_Store").write_bytes(b"hidden files are not inputs")
+    assert input_fingerprint([photos, known], settings) == changed[-1]
+    with pytest.raises(InputError, match="missing.png: no such file or folder"):
+        input_fingerprint([tmp_path / "missing.png"], settings)
+
+
+def test_dataset_is_current_checks_manifest_files_and_fingerprint(gt: dict, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert dataset_is_current(out, "f") == (False, f"{out}: no such folder")
+    write_dataset(room_prediction(gt, [0, 1]), out, options=SMALL, fingerprint="f" * 64)
+    assert dataset_is_current(out, "f" * 64) == (True, "up to date")
+    assert dataset_is_current(out, "e" * 64) == (False, f"{out}: written from other inputs or settings")
+    (out / "notes.md").write_text("the user's files do not matter")
+    assert dataset_is_current(out, "f" * 64) == (True, "up to date")
+    depth = out / "depths" / "frame_00002.npy"
+    size = depth.stat().st_size
+    depth.write_bytes(depth.read_bytes()[:-4])
+    expected = f"{depth}: {size - 4} bytes, the manifest records {size}"
+    assert dataset_is_current(out, "f" * 64) == (False, expected)
+    depth.unlink()
+    assert dataset_is_current(out, "f" * 64) == (False, f"{depth}: missing")
+    write_dataset(room_prediction(gt, [0, 1]), out, options=SMALL)  # no fingerprint: never current
+    assert dataset_is_current(out, "f" * 64) == (False, f"{out}: written from other inputs or settings")
+    manifest = json.loads((out / MANIFEST).read_text())
+    del manifest["files"]
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    assert dataset_is_current(out, "f" * 64) == (
+        False,
+        f"{out}: written by an older version (no file list in da3/dataset.json)",
+    )
+    (out / MANIFEST).write_text("{broken")
+    assert (
+        dataset_is_current(out, "f" * 64)[1]
+        == f"{out}: not a dataset of da3-process-data (no readable da3/dataset.json)"
+    )
+
+
+def test_rerun_without_an_atomic_exchange_keeps_the_users_files(
+    gt: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Systems without renameat2 (macOS, some filesystems) swap with two renames through a .da3-old folder."""
+    out = tmp_path / "out"
+    write_dataset(room_prediction(gt, [0, 1, 2]), out, options=SMALL)
+    (out / "notes.md").write_text("keep me")
+    monkeypatch.setattr(dataset_module, "_exchange", lambda a, b: False)
+    write_dataset(room_prediction(gt, [3, 4]), out, options=SMALL)
+    assert (out / "notes.md").read_text() == "keep me" and leftovers(tmp_path) == []
+    assert len(json.loads((out / "transforms.json").read_text())["frames"]) == 2
