@@ -225,7 +225,7 @@ class _Network(_Common):
 
         folder = resolve_checkpoint(self.model)
         preset = PRESETS[read_model_name(folder)]
-        net = preset.nested[0] if preset.nested else preset.net
+        net = preset.primary
         if not net.camera:
             raise InputError(
                 f"{self.model}: {preset.name} predicts depth only, without cameras; use a multi-view model "
