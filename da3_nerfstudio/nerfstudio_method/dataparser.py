@@ -138,6 +138,8 @@ class DA3DataParser(Nerfstudio):
         """The dataset's transforms.json (a plain photo folder is made into a dataset first), after
         :func:`check_dataset`; runs once per dataset and process (every split parses it)."""
         data = self.config.data
+        if not data.exists():
+            raise InputError(f"{data}: no such dataset folder or transforms.json")
         meta_path = data if data.suffix == ".json" else data / "transforms.json"
         if not meta_path.is_file() and data.is_dir():
             data = self._preprocessed(data)
