@@ -382,9 +382,10 @@ def test_nan_gaussian_mid_training_stops_and_keeps_the_last_good_checkpoint(
         timeout=600,
         env={**os.environ, **ENV},
     )
-    checkpoints = tmp_path / "outputs" / "room" / "da3-splat" / "run" / "nerfstudio_models"
+    checkpoints = Path("outputs") / "room" / "da3-splat" / "run" / "nerfstudio_models"  # as ns-train names it
     good = checkpoints / "step-000000002.ckpt"
     line = assert_one_line_error(result.returncode, result.stdout, result.stderr, "training stopped at step", str(good))
+    checkpoints, good = tmp_path / checkpoints, tmp_path / good
     assert "not finite" in line or "non-finite" in line
     assert sorted(p.name for p in checkpoints.iterdir()) == [good.name]  # no later, NaN checkpoint replaced it
     state = torch.load(good, map_location="cpu")["pipeline"]
@@ -403,7 +404,9 @@ def _config_copy(folder: Path, run_folder: Path, edit: Callable[[str], str]) -> 
 EXPORT_CASES = {
     "missing-config": (lambda folder, run: folder / "nope.yml", "out.json", ("nope.yml", "does not exist")),
     "yaml-syntax": (
-        lambda folder, run: _config_copy(folder, run, lambda text: text + "\n  - [unclosed"),
+        lambda folder, run: _config_copy(
+            folder, run, lambda text: text.replace("method_name: da3-splat", "method_name: [da3-splat")
+        ),
         "out.json",
         ("config.yml", "not a readable nerfstudio config.yml"),
     ),
