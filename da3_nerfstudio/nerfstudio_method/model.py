@@ -9,7 +9,7 @@ Differences from splatfacto (everything else, densification and SH schedule incl
 * camera optimisation on by default;
 * device-agnostic: gsplat on CUDA, the pure-PyTorch rasterizer of :mod:`da3_nerfstudio.rasterize`
   elsewhere (slow; for tests and small scenes), and LPIPS is skipped with a warning when its
-  weights cannot be downloaded.
+  weights are not cached (they are never downloaded).
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ class DA3SplatModelConfig(SplatfactoModelConfig):
     init_from: Literal["splat_init", "sparse_points", "random"] = "splat_init"
     """Initial Gaussians: the dataset's splat_init.ply, its sparse point cloud (splatfacto's kNN
     initialisation), or random Gaussians in a cube; falls back to the next available one."""
+    max_initial_gaussians_cpu: int = 100_000
+    """Without CUDA, keep at most this many initial Gaussians (an even subsample, said in one line); the
+    pure-PyTorch rasterizer does about 0.5 it/s with 100k at 108x88 and a million would take days. 0 keeps all."""
     depth_loss_type: DepthLossType = "l1"
     """l1 on depth, inverse_l1 on inverse depth, or pearson (scale/shift invariant) for untrusted scale."""
     depth_loss_weight: float = 0.2
@@ -64,9 +67,6 @@ class DA3SplatModelConfig(SplatfactoModelConfig):
     """gsplat (CUDA) or the pure-PyTorch rasterizer; auto picks gsplat on CUDA devices."""
     camera_optimizer: CameraOptimizerConfig = field(default_factory=lambda: CameraOptimizerConfig(mode="SO3xR3"))
     """DA3 poses are good, not perfect: refine them by default."""
-    max_initial_gaussians_cpu: int = 100_000
-    """Without CUDA, keep at most this many initial Gaussians (an even subsample, said in one line); the
-    pure-PyTorch rasterizer does about 0.5 it/s with 100k at 108x88 and a million would take days. 0 keeps all."""
 
 
 def camera_to_viewmat(c2w: Tensor) -> Tensor:
