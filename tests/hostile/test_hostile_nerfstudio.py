@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "nerfstudio_method"
 
 from room_dataset import ROOM, build_room_dataset  # noqa: E402
 
+import da3_nerfstudio.nerfstudio_method  # noqa: E402, F401 (lets torch.load read nerfstudio checkpoints safely)
 from da3_nerfstudio.errors import InputError  # noqa: E402
 from da3_nerfstudio.formats.ply import read_splat_ply, write_splat_ply  # noqa: E402
 
