@@ -39,6 +39,8 @@ DEFAULT_DA3_MODEL = "depth-anything/DA3NESTED-GIANT-LARGE-1.1"
 NERFSTUDIO_CAMERA_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h")
 #: Datasets already checked by this process: (transforms.json, its mtime, splat_init.ply).
 _CHECKED: set[tuple[Path, int, Path]] = set()
+#: Initial Gaussians read by the check, handed to the first load instead of reading the PLY again.
+_CHECKED_SPLATS: dict[Path, SplatData] = {}
 
 
 def _check_map(path: Path, what: str, where: str) -> None:
@@ -108,7 +110,9 @@ def check_dataset(meta_path: Path, splat_path: Path, *, load_points: bool) -> No
         if not np.isfinite(points).all():
             raise InputError(f"{ply}: seed points with NaN or infinite coordinates")
     if splat_path.is_file():
-        _check_splats(splat_path, read_splat_ply(splat_path))
+        splats = read_splat_ply(splat_path)
+        _check_splats(splat_path, splats)
+        _CHECKED_SPLATS[splat_path] = splats
 
 
 @dataclass
@@ -202,7 +206,7 @@ class DA3DataParser(Nerfstudio):
 
     def _load_splat_init(self, path: Path, meta: dict, outputs) -> dict[str, torch.Tensor]:  # noqa: ANN001
         """Read ``splat_init.ply`` and move it into the normalised frame as raw tensors."""
-        splats = read_splat_ply(path)
+        splats = _CHECKED_SPLATS.pop(path, None) or read_splat_ply(path)
         transform = self._normalising_transform(meta, outputs)
         moved = transform_splats(splats, transform[:3], float(outputs.dataparser_scale))
         CONSOLE.log(f"da3-data: {len(moved)} initial Gaussians from {path}")
