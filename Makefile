@@ -13,6 +13,8 @@ PY313 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13) $(
 $(STAMP): pyproject.toml
 	@# open3d (imported by nerfstudio for seed points) needs libusb from Debian.
 	test -e /usr/lib/x86_64-linux-gnu/libusb-1.0.so.0 || (apt-get update -qq && apt-get install -y -qq libusb-1.0-0)
+	@# ns-render refuses to start without the ffmpeg program.
+	command -v ffmpeg >/dev/null || (apt-get update -qq && apt-get install -y -qq ffmpeg)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,nerfstudio]'

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -327,6 +328,9 @@ def _markdown(summary: dict) -> str:
             "`preview.png`: Cycles render of the imported splats through a held-out camera (left) | that view's "
             "photo (right). `demo.blend`: cameras, points and splats under one root.",
             "",
+            f"Open the trained splats in nerfstudio's viewer from this folder (the run's paths are relative to it): "
+            f"`ns-viewer --load-config {RUN_DIR / 'config.yml'}`.",
+            "",
             "| stage | time | result |",
             "|---|---|---|",
             *rows,
@@ -352,6 +356,11 @@ def print_summary(summary: dict, output: Path) -> None:
     console.print(table)
     console.print(f"geometry: {summary['geometry']}")
     console.print(f"open {output / 'demo.blend'} in Blender; preview {output / 'preview.png'}")
+    # The run's config.yml names its dataset relative to the output folder, so ns-viewer runs from there.
+    viewer = (
+        f"cd {shlex.quote(str(output))} && {shlex.quote(str(BIN / 'ns-viewer'))} --load-config {RUN_DIR / 'config.yml'}"
+    )
+    console.print(f"nerfstudio viewer: {viewer}")
 
 
 def main(argv: list[str] | None = None) -> int:

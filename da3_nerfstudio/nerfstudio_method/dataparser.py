@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import Nerfstudio, NerfstudioDataParserConfig
@@ -25,7 +26,8 @@ from nerfstudio.utils.io import load_from_json
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from da3_nerfstudio.errors import InputError
-from da3_nerfstudio.formats.ply import read_point_cloud_ply, read_splat_ply
+from da3_nerfstudio.formats.ply import SplatData, read_point_cloud_ply, read_splat_ply
+from da3_nerfstudio.formats.transforms import read_transforms_json
 from da3_nerfstudio.splat_init import transform_splats
 
 #: Where a plain image folder's dataset is cached (hidden, so the image listing skips it).
@@ -33,6 +35,84 @@ CACHE_DIR = ".da3-dataset"
 #: Default network for plain image folders; same as ``da3-process-data``'s (kept literal so that
 #: ``ns-train --help`` does not import the preprocessing CLI).
 DEFAULT_DA3_MODEL = "depth-anything/DA3NESTED-GIANT-LARGE-1.1"
+#: Camera keys nerfstudio's parser needs on every frame or at the top level (it has no defaults for them).
+NERFSTUDIO_CAMERA_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h")
+#: Datasets already checked by this process: (transforms.json, its mtime, splat_init.ply).
+_CHECKED: set[tuple[Path, int, Path]] = set()
+#: Initial Gaussians read by the check, handed to the first load instead of reading the PLY again.
+_CHECKED_SPLATS: dict[Path, SplatData] = {}
+
+
+def _check_map(path: Path, what: str, where: str) -> None:
+    """A depth or confidence map must be a readable 2-D array of finite values >= 0."""
+    if not path.is_file():
+        raise InputError(f"{path}: {what} file does not exist ({where})")
+    try:
+        if path.suffix == ".npy":
+            values = np.load(path, mmap_mode="r", allow_pickle=False)
+        else:  # nerfstudio reads other depth files with OpenCV (16-bit PNG in millimetres)
+            values = cv2.imread(str(path), cv2.IMREAD_ANYDEPTH)
+            if values is None:
+                raise ValueError("OpenCV cannot decode it")
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: not a readable {what} file ({err})") from err
+    if values.ndim != 2 or not np.issubdtype(values.dtype, np.number):
+        raise InputError(f"{path}: {what} must be a 2-D numeric array, got {values.dtype} {values.shape}")
+    if not np.isfinite(values).all():
+        raise InputError(f"{path}: {what} has NaN or infinite values (use 0 for pixels without {what})")
+    if (values < 0).any():
+        raise InputError(f"{path}: {what} has negative values (use 0 for pixels without {what})")
+
+
+def _check_splats(path: Path, splats: SplatData) -> None:
+    """Initial Gaussians must be finite, with a rotation (non-zero quaternion) each."""
+    for name in ("means", "scales_log", "rotations", "opacity_logit", "sh_dc", "sh_rest"):
+        values = getattr(splats, name)
+        if not np.isfinite(values).all():
+            count = int((~np.isfinite(values)).reshape(len(values), -1).any(axis=1).sum())
+            raise InputError(f"{path}: {count} Gaussian(s) with NaN or infinite {name}")
+    if (np.linalg.norm(splats.rotations, axis=1) == 0).any():
+        raise InputError(f"{path}: Gaussian(s) with a zero quaternion (rot_0..rot_3 all 0)")
+
+
+def check_dataset(meta_path: Path, splat_path: Path, *, load_points: bool) -> None:
+    """Refuse, with one line naming the file and the problem, a dataset nerfstudio would fail on deep
+    inside or train into NaN: unreadable JSON, missing or non-finite cameras, missing images, depth or
+    confidence files, non-finite depth, seed points or initial Gaussians."""
+    read_transforms_json(meta_path)  # JSON, frames, finite rigid poses, finite positive intrinsics
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    data_dir = meta_path.parent
+    for index, frame in enumerate(meta["frames"]):
+        where = f"frame {index} of {meta_path}"
+        missing = [k for k in NERFSTUDIO_CAMERA_KEYS if k not in frame and k not in meta]
+        if missing:
+            raise InputError(
+                f"{meta_path}: frame {index}: no {', '.join(missing)} (nerfstudio needs fl_x, fl_y, cx, cy, w, h)"
+            )
+        image = data_dir / frame["file_path"]
+        if not image.is_file():
+            raise InputError(f"{image}: image file does not exist ({where})")
+        for key, what in (("depth_file_path", "depth"), ("confidence_file_path", "confidence")):
+            if key in frame:
+                _check_map(data_dir / str(frame[key]), what, where)
+    names = {frame["file_path"] for frame in meta["frames"]}
+    for split in ("train", "val", "test"):
+        unknown = [name for name in meta.get(f"{split}_filenames", []) if name not in names]
+        if unknown:
+            raise InputError(f"{meta_path}: {split}_filenames lists {unknown[0]}, which is no frame's file_path")
+    if "applied_transform" in meta:
+        applied = np.asarray(meta["applied_transform"], dtype=object)
+        if applied.shape != (3, 4) or not all(isinstance(v, int | float) and np.isfinite(v) for v in applied.flat):
+            raise InputError(f"{meta_path}: applied_transform must be a 3x4 matrix of finite numbers")
+    if load_points and "ply_file_path" in meta:
+        ply = data_dir / str(meta["ply_file_path"])
+        points, _, _ = read_point_cloud_ply(ply)
+        if not np.isfinite(points).all():
+            raise InputError(f"{ply}: seed points with NaN or infinite coordinates")
+    if splat_path.is_file():
+        splats = read_splat_ply(splat_path)
+        _check_splats(splat_path, splats)
+        _CHECKED_SPLATS[splat_path] = splats
 
 
 @dataclass
@@ -58,8 +138,12 @@ class DA3DataParser(Nerfstudio):
 
     config: DA3DataParserConfig
 
-    def _generate_dataparser_outputs(self, split: str = "train"):  # noqa: ANN202 (nerfstudio's type)
+    def checked_meta_path(self) -> Path:
+        """The dataset's transforms.json (a plain photo folder is made into a dataset first), after
+        :func:`check_dataset`; runs once per dataset and process (every split parses it)."""
         data = self.config.data
+        if not data.exists():
+            raise InputError(f"{data}: no such dataset folder or transforms.json")
         meta_path = data if data.suffix == ".json" else data / "transforms.json"
         if not meta_path.is_file() and data.is_dir():
             data = self._preprocessed(data)
@@ -67,12 +151,21 @@ class DA3DataParser(Nerfstudio):
             self.config.data = data
         if not meta_path.is_file():
             raise InputError(f"{meta_path}: no transforms.json; run `da3-process-data` on the image folder first")
+        splat_path = meta_path.parent / self.config.splat_init_file
+        key = (meta_path.resolve(), meta_path.stat().st_mtime_ns, splat_path)
+        if key not in _CHECKED:
+            check_dataset(meta_path, splat_path, load_points=self.config.load_3D_points)
+            _CHECKED.add(key)
+        return meta_path
+
+    def _generate_dataparser_outputs(self, split: str = "train"):  # noqa: ANN202 (nerfstudio's type)
+        meta_path = self.checked_meta_path()
         outputs = super()._generate_dataparser_outputs(split)
         data_dir = meta_path.parent
         meta = load_from_json(meta_path)
         outputs.metadata.update(self._confidence_filenames(meta, data_dir, outputs.image_filenames))
         splat_path = data_dir / self.config.splat_init_file
-        if splat_path.is_file():
+        if split == "train" and splat_path.is_file():  # only the model, built from the train split, uses them
             outputs.metadata["splat_init"] = self._load_splat_init(splat_path, meta, outputs)
         return outputs
 
@@ -113,7 +206,7 @@ class DA3DataParser(Nerfstudio):
 
     def _load_splat_init(self, path: Path, meta: dict, outputs) -> dict[str, torch.Tensor]:  # noqa: ANN001
         """Read ``splat_init.ply`` and move it into the normalised frame as raw tensors."""
-        splats = read_splat_ply(path)
+        splats = _CHECKED_SPLATS.pop(path, None) or read_splat_ply(path)
         transform = self._normalising_transform(meta, outputs)
         moved = transform_splats(splats, transform[:3], float(outputs.dataparser_scale))
         CONSOLE.log(f"da3-data: {len(moved)} initial Gaussians from {path}")

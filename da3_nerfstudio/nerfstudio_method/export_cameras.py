@@ -12,13 +12,17 @@ Usage: ``python -m da3_nerfstudio.nerfstudio_method.export_cameras --load-config
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import tyro
+import yaml
 from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils.eval_utils import eval_setup
 from nerfstudio.utils.io import load_from_json
 from nerfstudio.utils.rich_utils import CONSOLE
@@ -67,10 +71,44 @@ def _dataset_frames(
     return frames_from_cameras(w2c_cv, K, sizes, rel, depth_rel)
 
 
-def export_optimized_cameras(load_config: Path, output_path: Path) -> Path:
-    """Write the run's cameras (optimised training poses, original eval poses) to ``output_path``."""
+def _check_output_path(output_path: Path) -> None:
+    """The output must be a file name in an existing, writable folder (checked before loading anything)."""
+    folder = output_path.parent
+    if output_path.is_dir():
+        raise InputError(f"{output_path}: is a folder; give the path of the .json file to write")
+    if not folder.is_dir():
+        raise InputError(f"{output_path}: output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{output_path}: output folder {folder} is not writable")
+
+
+def _check_run(load_config: Path) -> None:
+    """The run's config.yml parses into a trainer config whose checkpoint and dataset exist."""
     if not load_config.is_file():
         raise InputError(f"{load_config}: config file does not exist")
+    try:
+        config = yaml.load(load_config.read_text(encoding="utf-8"), Loader=yaml.Loader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        problem = str(err).replace("\n", " ")
+        raise InputError(f"{load_config}: not a readable nerfstudio config.yml ({problem})") from err
+    if not isinstance(config, TrainerConfig):
+        raise InputError(f"{load_config}: not a nerfstudio run config (no trainer configuration in it)")
+    checkpoints = config.get_checkpoint_dir()
+    if not checkpoints.is_dir() or not any(checkpoints.glob("step-*.ckpt")):
+        raise InputError(
+            f"{load_config}: the run has no checkpoint (no step-*.ckpt in {checkpoints}; "
+            "paths in config.yml are relative to the folder ns-train ran in)"
+        )
+    parser = config.pipeline.datamanager.dataparser
+    data = config.pipeline.datamanager.data or parser.data
+    if hasattr(parser._target, "checked_meta_path"):
+        dataclasses.replace(parser, data=Path(data)).setup().checked_meta_path()
+
+
+def export_optimized_cameras(load_config: Path, output_path: Path) -> Path:
+    """Write the run's cameras (optimised training poses, original eval poses) to ``output_path``."""
+    _check_output_path(output_path)
+    _check_run(load_config)
     config, pipeline, _, _ = eval_setup(load_config, test_mode="test")
     datamanager, model = pipeline.datamanager, pipeline.model
     data = Path(config.pipeline.datamanager.data or config.pipeline.datamanager.dataparser.data)

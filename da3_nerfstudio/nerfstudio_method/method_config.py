@@ -26,13 +26,13 @@ from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
 from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanager, FullImageDatamanagerConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
-from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
 from da3_nerfstudio.nerfstudio_method.dataparser import DA3DataParserConfig
 from da3_nerfstudio.nerfstudio_method.dataset import DA3DepthDataset
 from da3_nerfstudio.nerfstudio_method.model import DA3SplatModelConfig
+from da3_nerfstudio.nerfstudio_method.trainer import DA3TrainerConfig
 
 
 def _adam(lr: float, final: float | None = None, warmup: int = 0) -> dict:
@@ -46,7 +46,7 @@ def _adam(lr: float, final: float | None = None, warmup: int = 0) -> dict:
 
 
 da3_splat = MethodSpecification(
-    config=TrainerConfig(
+    config=DA3TrainerConfig(
         method_name="da3-splat",
         steps_per_eval_image=100,
         steps_per_eval_batch=0,

@@ -9,14 +9,17 @@ Differences from splatfacto (everything else, densification and SH schedule incl
 * camera optimisation on by default;
 * device-agnostic: gsplat on CUDA when its kernels load, the pure-PyTorch rasterizer of
   :mod:`da3_nerfstudio.rasterize` otherwise (chosen by :mod:`da3_nerfstudio.gsplat_kernels`, with one
-  line saying why), and LPIPS is skipped with a warning when its weights cannot be downloaded.
+  line saying why), and LPIPS is skipped with a warning when its weights are not cached (they are
+  never downloaded).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
+from urllib.parse import urlparse
 
 import torch
 from gsplat.strategy import DefaultStrategy
@@ -39,6 +42,7 @@ from torchmetrics.image import PeakSignalNoiseRatio
 from da3_nerfstudio.errors import DA3Error
 from da3_nerfstudio.gsplat_kernels import select_rasterizer
 from da3_nerfstudio.losses import DepthLossType, depth_loss, depth_weight_schedule, downscale_depth
+from da3_nerfstudio.nerfstudio_method.trainer import TrainingDiverged
 from da3_nerfstudio.rotation import SH_C0
 
 
@@ -50,6 +54,9 @@ class DA3SplatModelConfig(SplatfactoModelConfig):
     init_from: Literal["splat_init", "sparse_points", "random"] = "splat_init"
     """Initial Gaussians: the dataset's splat_init.ply, its sparse point cloud (splatfacto's kNN
     initialisation), or random Gaussians in a cube; falls back to the next available one."""
+    max_initial_gaussians_cpu: int = 100_000
+    """Without CUDA, keep at most this many initial Gaussians (an even subsample, said in one line); the
+    pure-PyTorch rasterizer does about 0.5 it/s with 100k at 108x88 and a million would take days. 0 keeps all."""
     depth_loss_type: DepthLossType = "l1"
     """l1 on depth, inverse_l1 on inverse depth, or pearson (scale/shift invariant) for untrusted scale."""
     depth_loss_weight: float = 0.2
@@ -83,14 +90,29 @@ def _announce(line: str) -> None:
     CONSOLE.print(line, style="bold yellow", soft_wrap=True, markup=False, highlight=False)
 
 
+def alexnet_weights_path() -> Path:
+    """Where torchvision keeps the AlexNet weights torchmetrics' LPIPS is built on (torch hub's cache)."""
+    from torchvision.models import AlexNet_Weights
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(AlexNet_Weights.DEFAULT.url).path).name
+
+
 def _make_lpips() -> torch.nn.Module | None:
-    """torchmetrics' LPIPS, or None (with a warning) when its AlexNet weights cannot be fetched."""
+    """torchmetrics' LPIPS when its AlexNet weights are cached, else None with one line. Building it
+    without them would try to download them on every ns-* command, which hangs or fails offline."""
     from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
 
+    weights = alexnet_weights_path()
+    if not weights.is_file():
+        CONSOLE.print(
+            f"da3-splat: LPIPS not reported (AlexNet weights not in {weights}; "
+            "python -c 'import torchvision; torchvision.models.alexnet(weights=\"DEFAULT\")' fetches them once)"
+        )
+        return None
     try:
         return LearnedPerceptualImagePatchSimilarity(normalize=True)
-    except Exception as err:  # noqa: BLE001 - any download/IO failure means "no LPIPS", not "no training"
-        CONSOLE.print(f"[bold yellow]da3-splat: LPIPS unavailable ({type(err).__name__}: {err}); not reported")
+    except Exception as err:  # noqa: BLE001 - a corrupt cache means "no LPIPS", not "no training"
+        CONSOLE.print(f"da3-splat: LPIPS not reported ({type(err).__name__}: {err})")
         return None
 
 
@@ -163,8 +185,20 @@ class DA3SplatModel(SplatfactoModel):
             if source != self.config.init_from:
                 CONSOLE.print(f"[bold yellow]da3-splat: no {self.config.init_from} data; initialising from {source}")
             CONSOLE.log(f"da3-splat: {len(params['means'])} initial Gaussians from {source}")
-            return params
+            return self._sized_for_device(params)
         raise AssertionError("random initialisation is always available")
+
+    def _sized_for_device(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Without CUDA, an even subsample of at most ``max_initial_gaussians_cpu`` Gaussians (said in one line)."""
+        limit, count = self.config.max_initial_gaussians_cpu, len(params["means"])
+        if torch.device(self.kwargs.get("device", "cpu")).type == "cuda" or limit <= 0 or count <= limit:
+            return params
+        keep = torch.linspace(0, count - 1, limit).round().long()
+        CONSOLE.print(
+            f"[bold yellow]da3-splat: no CUDA: training {limit} of the {count} initial Gaussians "
+            "(--pipeline.model.max-initial-gaussians-cpu; 0 keeps all, at hours per thousand steps)"
+        )
+        return {k: v[keep] for k, v in params.items()}
 
     def _colour_features(self, rgb: Tensor) -> tuple[Tensor, Tensor]:
         """features_dc / features_rest for colours in [0,1] (logit colours when sh_degree is 0)."""
@@ -287,6 +321,17 @@ class DA3SplatModel(SplatfactoModel):
     # -- losses and metrics -----------------------------------------------------------------------
 
     def get_loss_dict(self, outputs: dict, batch: dict, metrics_dict: dict | None = None) -> dict[str, Tensor]:
+        """Splatfacto's losses plus the weighted DA3 depth prior; a non-finite loss stops training
+        (:class:`TrainingDiverged`) before its gradients turn every Gaussian into NaN."""
+        loss_dict = self._splat_and_depth_losses(outputs, batch, metrics_dict)
+        sums = torch.stack([value.detach().float().sum() for value in loss_dict.values()])
+        if self.training and not bool(torch.isfinite(sums).all()):  # one device sync per step
+            bad = [name for name, value in loss_dict.items() if not bool(torch.isfinite(value).all())]
+            values = ", ".join(f"{name}={float(loss_dict[name].detach().float().mean()):g}" for name in bad)
+            raise TrainingDiverged(f"the loss is not finite ({values})")
+        return loss_dict
+
+    def _splat_and_depth_losses(self, outputs: dict, batch: dict, metrics_dict: dict | None) -> dict[str, Tensor]:
         """Splatfacto's losses plus the weighted DA3 depth prior."""
         loss_dict = super().get_loss_dict(outputs, batch, metrics_dict)
         if self._depth_loss_active() and "depth_image" in batch and outputs.get("depth") is not None:
