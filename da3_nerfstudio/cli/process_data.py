@@ -319,8 +319,9 @@ class ImagesCommand(_Network):
         self._check()
         images = list_images(self.data)
         check_output_dir(self.output_dir, overwrite=self.overwrite, inputs=self._inputs())
-        folder = self._prepare([image_header(p)[:2] for p in images], len(images))
+        # Known cameras before the checkpoint: resolving it may start a download of gigabytes.
         known = None if self.known_poses is None else load_known_poses(self.known_poses, images)
+        folder = self._prepare([image_header(p)[:2] for p in images], len(images))
         fingerprint = self.fingerprint()
         timings: dict[str, float] = {}
         prediction = self._run(folder, images, known, timings)
