@@ -61,6 +61,7 @@ def probe_video(video: str | Path) -> tuple[int, int, int]:
         width, height = stream.codec_context.width, stream.codec_context.height
     if count <= 0 or width <= 0 or height <= 0:
         raise InputError(f"{video}: the video has no frames")
+    check_image_size(width, height, str(video))  # frames of a size the network can use
     return width, height, count
 
 

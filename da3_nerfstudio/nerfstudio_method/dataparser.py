@@ -64,17 +64,6 @@ def _check_map(path: Path, what: str, where: str) -> None:
         raise InputError(f"{path}: {what} has negative values (use 0 for pixels without {what})")
 
 
-def _check_splats(path: Path, splats: SplatData) -> None:
-    """Initial Gaussians must be finite, with a rotation (non-zero quaternion) each."""
-    for name in ("means", "scales_log", "rotations", "opacity_logit", "sh_dc", "sh_rest"):
-        values = getattr(splats, name)
-        if not np.isfinite(values).all():
-            count = int((~np.isfinite(values)).reshape(len(values), -1).any(axis=1).sum())
-            raise InputError(f"{path}: {count} Gaussian(s) with NaN or infinite {name}")
-    if (np.linalg.norm(splats.rotations, axis=1) == 0).any():
-        raise InputError(f"{path}: Gaussian(s) with a zero quaternion (rot_0..rot_3 all 0)")
-
-
 def check_dataset(meta_path: Path, splat_path: Path, *, load_points: bool) -> None:
     """Refuse, with one line naming the file and the problem, a dataset nerfstudio would fail on deep
     inside or train into NaN: unreadable JSON, missing or non-finite cameras, missing images, depth or
@@ -106,13 +95,9 @@ def check_dataset(meta_path: Path, splat_path: Path, *, load_points: bool) -> No
             raise InputError(f"{meta_path}: applied_transform must be a 3x4 matrix of finite numbers")
     if load_points and "ply_file_path" in meta:
         ply = data_dir / str(meta["ply_file_path"])
-        points, _, _ = read_point_cloud_ply(ply)
-        if not np.isfinite(points).all():
-            raise InputError(f"{ply}: seed points with NaN or infinite coordinates")
+        read_point_cloud_ply(ply)  # refuses non-finite points itself
     if splat_path.is_file():
-        splats = read_splat_ply(splat_path)
-        _check_splats(splat_path, splats)
-        _CHECKED_SPLATS[splat_path] = splats
+        _CHECKED_SPLATS[splat_path] = read_splat_ply(splat_path)  # refuses non-finite Gaussians itself
 
 
 @dataclass

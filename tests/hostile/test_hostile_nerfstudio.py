@@ -178,9 +178,9 @@ BROKEN: dict[str, tuple[Callable[[Path], None], tuple[str, ...]]] = {
     "inf-cy": (_edit_frame(cy=float("inf")), ("transforms.json", "frame 2", "cy must be a finite number")),
     "string-focal": (_edit_frame(fl_x="300"), ("transforms.json", "frame 2", "fl_x must be a finite number")),
     # poses
-    "nan-pose": (_pose(float("nan")), ("transforms.json", "frame 2", "transform_matrix has non-finite values")),
-    "inf-pose": (_pose(float("inf"), 1, 1), ("transforms.json", "frame 2", "transform_matrix has non-finite")),
-    "scaled-pose": (_scaled_pose, ("transforms.json", "frame 2", "not a rigid pose")),
+    "nan-pose": (_pose(float("nan")), ("transforms.json", "frame 2", "pose has non-finite values")),
+    "inf-pose": (_pose(float("inf"), 1, 1), ("transforms.json", "frame 2", "pose has non-finite values")),
+    "scaled-pose": (_scaled_pose, ("transforms.json", "frame 2", "pose is not rigid")),
     "no-pose": (_drop_frame_keys("transform_matrix"), ("transforms.json", "frame 2", "transform_matrix")),
     # files
     "missing-image": (_remove("images/frame_00004.png"), ("frame_00004.png", "image file does not exist")),
@@ -195,12 +195,12 @@ BROKEN: dict[str, tuple[Callable[[Path], None], tuple[str, ...]]] = {
     # initial Gaussians and seed points
     "missing-splat-init": (_remove("splat_init.ply"), ("splat_init.ply", "no initial Gaussians", "--pipeline.model")),
     "garbage-splat-init": (_write("splat_init.ply", b"ply\nnonsense"), ("splat_init.ply", "not a readable PLY")),
-    "nan-splat-mean": (_splats("means", float("nan")), ("splat_init.ply", "NaN or infinite means")),
-    "inf-splat-scale": (_splats("scales_log", float("inf")), ("splat_init.ply", "NaN or infinite scales_log")),
-    "nan-splat-opacity": (_splats("opacity_logit", float("nan")), ("splat_init.ply", "opacity_logit")),
-    "nan-splat-colour": (_splats("sh_dc", float("nan")), ("splat_init.ply", "NaN or infinite sh_dc")),
-    "zero-quaternion": (_zero_quaternion, ("splat_init.ply", "zero quaternion")),
-    "nan-seed-point": (_nan_seed_point, ("sparse_pc.ply", "seed points with NaN")),
+    "nan-splat-mean": (_splats("means", float("nan")), ("splat_init.ply", "non-finite x")),
+    "inf-splat-scale": (_splats("scales_log", float("inf")), ("splat_init.ply", "non-finite scale_0")),
+    "nan-splat-opacity": (_splats("opacity_logit", float("nan")), ("splat_init.ply", "non-finite opacity")),
+    "nan-splat-colour": (_splats("sh_dc", float("nan")), ("splat_init.ply", "non-finite f_dc_0")),
+    "zero-quaternion": (_zero_quaternion, ("splat_init.ply", "zero rotation quaternion")),
+    "nan-seed-point": (_nan_seed_point, ("sparse_pc.ply", "non-finite y")),
 }
 
 #: One case of each defect class, also run as a real ``ns-train`` subprocess.
