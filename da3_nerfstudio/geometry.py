@@ -167,6 +167,23 @@ def opengl_c2w_to_opencv(c2w: Array) -> Array:
     return opencv_c2w_to_opengl(c2w)
 
 
+def opencv_w2c_to_opengl_c2w(w2c: Array) -> Array:
+    """OpenCV world-to-camera (...,3|4,4) -> OpenGL camera-to-world (...,4,4), as transforms.json stores poses.
+
+    A general inverse rather than R^T: float32-sourced rotations are orthonormal only to ~1e-7, and a round
+    trip through :func:`opengl_c2w_to_opencv_w2c` must give back the very matrix it started from.
+    """
+    t = to_torch(to_homogeneous(w2c))
+    return like(opencv_c2w_to_opengl(torch.linalg.inv(t)), w2c)
+
+
+def opengl_c2w_to_opencv_w2c(c2w: Array) -> Array:
+    """OpenGL camera-to-world (...,3|4,4) -> OpenCV world-to-camera (...,4,4); inverse of
+    :func:`opencv_w2c_to_opengl_c2w`."""
+    t = to_torch(to_homogeneous(c2w))
+    return like(torch.linalg.inv(opengl_c2w_to_opencv(t)), c2w)
+
+
 # --------------------------------------------------------------------------------------------
 # Similarity alignment
 

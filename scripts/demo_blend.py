@@ -37,6 +37,7 @@ from PIL import Image
 
 from da3_nerfstudio.errors import DA3Error, InputError
 from da3_nerfstudio.formats.atomic import atomic_write
+from da3_nerfstudio.formats.transforms import saved_to_training_frame
 from da3_nerfstudio.process_exit import exit_process
 
 if TYPE_CHECKING:
@@ -92,8 +93,8 @@ def enabled_addon() -> Iterator[object]:
 def normalising_matrix(dataparser_transforms: Path, transforms_json: Path) -> np.ndarray:
     """4x4 similarity taking transforms.json coordinates to the normalised frame the splats live in.
 
-    nerfstudio's recorded transform also contains the dataset's ``applied_transform`` (original ->
-    saved coordinates), which the saved poses already carry, so it is taken out again.
+    nerfstudio's recorded transform also contains the dataset's ``applied_transform``, which the saved poses
+    already carry (see :func:`~da3_nerfstudio.formats.transforms.saved_to_training_frame`).
     """
     try:
         recorded = json.loads(dataparser_transforms.read_text())
@@ -102,11 +103,7 @@ def normalising_matrix(dataparser_transforms: Path, transforms_json: Path) -> np
         scale = float(recorded["scale"])
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise InputError(f"{dataparser_transforms}: not a nerfstudio dataparser_transforms.json ({err})") from None
-    meta = _read_json(transforms_json)
-    applied = np.eye(4)
-    if "applied_transform" in meta:
-        applied[:3] = np.asarray(meta["applied_transform"], dtype=np.float64)
-    return np.diag([scale, scale, scale, 1.0]) @ transform @ np.linalg.inv(applied)
+    return np.diag([scale, scale, scale, 1.0]) @ saved_to_training_frame(transform, _read_json(transforms_json))
 
 
 def _read_json(path: Path) -> dict:

@@ -14,6 +14,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+#: Right-multiplying a camera-to-world by this swaps OpenCV (y down, z forward) and OpenGL (y up, z backward)
+#: camera axes; the tests' own statement of the convention, independent of the package's.
+CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
+
 SAMPLES = Path(os.environ.get("DA3_SAMPLES", Path(__file__).resolve().parents[2] / "shared" / "samples"))
 ROOM = SAMPLES / "room_gt"
 SOH = SAMPLES / "soh"

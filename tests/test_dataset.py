@@ -19,7 +19,7 @@ import pycolmap
 import pytest
 from PIL import Image
 from plyfile import PlyData
-from samples import ROOM, room_truth
+from samples import CV_TO_GL, ROOM, room_truth
 
 from da3_nerfstudio import InputError, Prediction
 from da3_nerfstudio import dataset as dataset_module
@@ -37,7 +37,6 @@ from da3_nerfstudio.formats.ply import read_point_cloud_ply, read_splat_ply
 from da3_nerfstudio.geometry import unproject_depth
 
 pytestmark = pytest.mark.skipif(not ROOM.is_dir(), reason=f"sample data not found at {ROOM}")
-CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
 #: Small clouds keep the tests fast where the point count is not what is tested.
 SMALL = DatasetOptions(num_points=5_000, num_gaussians=20_000)
 

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
+from samples import CV_TO_GL
 
 from da3_nerfstudio.dataset import split_indices
 from da3_nerfstudio.errors import InputError
@@ -30,7 +31,6 @@ from da3_nerfstudio.geometry import project_points
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "scripts" / "demo.py"
 DEMO_BLEND = ROOT / "scripts" / "demo_blend.py"
-GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
 VIEWS, WIDTH, HEIGHT, EVAL_INTERVAL, STRIDE = 8, 96, 72, 4, 2
 QUICK = [
     "--views", str(VIEWS), "--width", str(WIDTH), "--height", str(HEIGHT), "--samples", "4",
@@ -162,7 +162,7 @@ def test_blend_holds_one_root_with_cameras_points_and_splats_on_the_scene(demo: 
     splats = [o for o in below if o.type in ("MESH", "POINTCLOUD") and "opacity" in o.data.attributes]
     assert len(cameras) == VIEWS and len(points) == 1 and len(splats) == 1
     for index, camera in enumerate(cameras):
-        expected = np.linalg.inv(np.vstack([truth["extrinsics"][index], [0, 0, 0, 1]])) @ GL_TO_CV
+        expected = np.linalg.inv(np.vstack([truth["extrinsics"][index], [0, 0, 0, 1]])) @ CV_TO_GL
         np.testing.assert_allclose(np.array(camera.matrix_world), expected, atol=1e-4)
 
     def world(obj: bpy.types.Object) -> np.ndarray:

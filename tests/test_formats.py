@@ -11,7 +11,7 @@ import pytest
 from numpy.lib.recfunctions import repack_fields
 from PIL import Image
 from plyfile import PlyData, PlyElement
-from samples import ROOM, room_truth
+from samples import CV_TO_GL, ROOM, room_truth
 
 from da3_nerfstudio.errors import InputError
 from da3_nerfstudio.formats import ply as ply_module
@@ -25,8 +25,6 @@ from da3_nerfstudio.formats.ply import (
     write_splat_ply,
 )
 from da3_nerfstudio.formats.transforms import frames_from_cameras, read_transforms_json, write_transforms_json
-
-CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
 
 
 @pytest.fixture(scope="module")

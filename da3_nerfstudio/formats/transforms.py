@@ -3,8 +3,9 @@
 This is the dataset format ``ns-train`` reads through its ``nerfstudio-data`` dataparser: per frame
 an image path, a camera-to-world matrix in **OpenGL/Blender camera axes** (x right, y up, camera
 looking along -z) and pinhole intrinsics in pixels. The project itself works with OpenCV
-world-to-camera poses (x right, y down, z forward), so the conversion lives here, in one place:
-``c2w_gl = inverse(w2c_cv)`` with rotation columns 1 and 2 negated.
+world-to-camera poses (x right, y down, z forward); the conversion is :mod:`da3_nerfstudio.geometry`'s
+(``c2w_gl = inverse(w2c_cv)`` with rotation columns 1 and 2 negated). ``applied_transform``, which
+nerfstudio folds into its recorded dataparser transform, is read here too.
 
 Intrinsics are written per frame (DA3 may give every view its own focal length) and use the same
 continuous pixel convention as COLMAP and nerfstudio (the top-left pixel centre is (0.5, 0.5)).
@@ -25,10 +26,8 @@ from PIL import Image, UnidentifiedImageError
 
 from da3_nerfstudio.errors import InputError
 from da3_nerfstudio.formats.atomic import atomic_write
-from da3_nerfstudio.geometry import check_cameras
+from da3_nerfstudio.geometry import check_cameras, opencv_w2c_to_opengl_c2w, opengl_c2w_to_opencv_w2c
 
-# Flips the camera y and z axes: OpenCV (y down, z forward) <-> OpenGL (y up, z backward).
-_CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
 _INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h", "camera_angle_x", "camera_angle_y")
 _DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
 # camera_model values of nerfstudio that are not a (possibly distorted) pinhole projection.
@@ -69,9 +68,7 @@ def frames_from_cameras(
         raise ValueError("intrinsics with skew cannot be stored in transforms.json")
     if depth_paths is not None and len(depth_paths) != n:
         raise ValueError(f"need {n} depth paths, got {len(depth_paths)}")
-    w2c = np.tile(np.eye(4), (n, 1, 1))
-    w2c[:, :3, :4] = w2c_opencv[:, :3, :4]
-    c2w_gl = np.linalg.inv(w2c) @ _CV_TO_GL
+    c2w_gl = opencv_w2c_to_opengl_c2w(w2c_opencv)
     frames = []
     for i in range(n):
         k = intrinsics[i]
@@ -245,6 +242,23 @@ def read_transforms_json(
         )
     # Rigidity holds for a pose and its inverse alike: the camera-to-world matrices are checked as read.
     check_cameras(np.stack(c2w_gl), np.stack(intrinsics), str(path), file_paths, label="frame")
-    # A true inverse rather than R^T: float32-sourced rotations are only orthonormal to ~1e-7, and the
-    # reader must give back exactly the w2c that frames_from_cameras inverted.
-    return np.linalg.inv(np.stack(c2w_gl) @ _CV_TO_GL), np.stack(intrinsics), sizes, file_paths
+    return opengl_c2w_to_opencv_w2c(np.stack(c2w_gl)), np.stack(intrinsics), sizes, file_paths
+
+
+def applied_transform(meta: dict[str, Any]) -> np.ndarray:
+    """The 4x4 ``applied_transform`` of a transforms.json (original -> saved coordinates; identity when absent)."""
+    applied = np.eye(4)
+    if "applied_transform" in meta:
+        applied[:3] = np.asarray(meta["applied_transform"], dtype=np.float64)
+    return applied
+
+
+def saved_to_training_frame(dataparser_transform: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
+    """4x4 map from the poses as saved in transforms.json to nerfstudio's training frame (before its scale).
+
+    nerfstudio's recorded dataparser transform also contains the file's ``applied_transform``, which the
+    saved poses already carry, so it is taken out again.
+    """
+    full = np.eye(4)
+    full[:3] = np.asarray(dataparser_transform, dtype=np.float64)[:3]
+    return full @ np.linalg.inv(applied_transform(meta))

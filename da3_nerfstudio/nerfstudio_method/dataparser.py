@@ -27,7 +27,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from da3_nerfstudio.errors import InputError
 from da3_nerfstudio.formats.ply import SplatData, read_point_cloud_ply, read_splat_ply
-from da3_nerfstudio.formats.transforms import read_transforms_json
+from da3_nerfstudio.formats.transforms import read_transforms_json, saved_to_training_frame
 from da3_nerfstudio.splat_init import transform_splats
 
 #: Where a plain image folder's dataset is cached (hidden, so the image listing skips it).
@@ -178,21 +178,10 @@ class DA3DataParser(Nerfstudio):
             raise InputError(f"{photos}: da3-process-data could not make a dataset of these photos (error above)")
         return cache
 
-    def _normalising_transform(self, meta: dict, outputs) -> np.ndarray:  # noqa: ANN001
-        """The 4x4 transform nerfstudio applied to the saved poses (dataparser transform without
-        ``applied_transform``, which maps *original* coordinates to the saved ones)."""
-        full = np.eye(4)
-        full[:3] = outputs.dataparser_transform.numpy()
-        if "applied_transform" in meta:
-            applied = np.eye(4)
-            applied[:3] = np.asarray(meta["applied_transform"], dtype=np.float64)
-            full = full @ np.linalg.inv(applied)
-        return full
-
     def _load_splat_init(self, path: Path, meta: dict, outputs) -> dict[str, torch.Tensor]:  # noqa: ANN001
         """Read ``splat_init.ply`` and move it into the normalised frame as raw tensors."""
         splats = _CHECKED_SPLATS.pop(path, None) or read_splat_ply(path)
-        transform = self._normalising_transform(meta, outputs)
+        transform = saved_to_training_frame(outputs.dataparser_transform.numpy(), meta)
         moved = transform_splats(splats, transform[:3], float(outputs.dataparser_scale))
         CONSOLE.log(f"da3-data: {len(moved)} initial Gaussians from {path}")
         return {

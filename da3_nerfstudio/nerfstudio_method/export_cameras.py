@@ -28,22 +28,8 @@ from nerfstudio.utils.io import load_from_json
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from da3_nerfstudio.errors import DA3Error, InputError
-from da3_nerfstudio.formats.transforms import frames_from_cameras, write_transforms_json
-
-_GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
-
-
-def _normalising_transform(data: Path, dataparser_transform: np.ndarray) -> np.ndarray:
-    """4x4 map from the saved dataset frame to the training frame (without the scale)."""
-    meta_path = data if data.suffix == ".json" else data / "transforms.json"
-    full = np.eye(4)
-    full[:3] = dataparser_transform
-    meta = load_from_json(meta_path) if meta_path.is_file() else {}
-    if "applied_transform" in meta:
-        applied = np.eye(4)
-        applied[:3] = np.asarray(meta["applied_transform"], dtype=np.float64)
-        full = full @ np.linalg.inv(applied)
-    return full
+from da3_nerfstudio.formats.transforms import frames_from_cameras, saved_to_training_frame, write_transforms_json
+from da3_nerfstudio.geometry import opengl_c2w_to_opencv_w2c
 
 
 def _dataset_frames(
@@ -61,7 +47,7 @@ def _dataset_frames(
     c2w[:, :3] = c2w_train_frame
     c2w[:, :3, 3] /= scale
     c2w_saved = np.linalg.inv(transform) @ c2w  # rotation and translation back to the saved frame
-    w2c_cv = np.linalg.inv(c2w_saved @ _GL_TO_CV)
+    w2c_cv = opengl_c2w_to_opencv_w2c(c2w_saved)
     K = cameras.get_intrinsics_matrices().numpy().astype(np.float64)
     sizes = [(int(w), int(h)) for w, h in zip(cameras.width.flatten(), cameras.height.flatten(), strict=True)]
     rel = [p.relative_to(data_dir) if p.is_relative_to(data_dir) else p for p in image_files]
@@ -114,7 +100,9 @@ def export_optimized_cameras(load_config: Path, output_path: Path) -> Path:
     data = Path(config.pipeline.datamanager.data or config.pipeline.datamanager.dataparser.data)
     data_dir = data.parent if data.suffix == ".json" else data
     train_outputs = datamanager.train_dataparser_outputs
-    transform = _normalising_transform(data, train_outputs.dataparser_transform.numpy().astype(np.float64))
+    meta_path = data if data.suffix == ".json" else data / "transforms.json"
+    meta = load_from_json(meta_path) if meta_path.is_file() else {}
+    transform = saved_to_training_frame(train_outputs.dataparser_transform.numpy().astype(np.float64), meta)
     scale = float(train_outputs.dataparser_scale)
     frames: list[dict] = []
     split: dict[str, list[str]] = {}

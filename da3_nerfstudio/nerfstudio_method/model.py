@@ -40,6 +40,7 @@ from torch import Tensor
 from torchmetrics.image import PeakSignalNoiseRatio
 
 from da3_nerfstudio.errors import DA3Error
+from da3_nerfstudio.geometry import invert_rigid, opengl_c2w_to_opencv, to_homogeneous
 from da3_nerfstudio.gsplat_kernels import select_rasterizer
 from da3_nerfstudio.losses import DepthLossType, depth_loss, depth_weight_schedule, downscale_depth
 from da3_nerfstudio.nerfstudio_method.trainer import TrainingDiverged
@@ -75,14 +76,12 @@ class DA3SplatModelConfig(SplatfactoModelConfig):
 
 
 def camera_to_viewmat(c2w: Tensor) -> Tensor:
-    """World-to-camera OpenCV matrices (C,4,4) from nerfstudio's OpenGL camera-to-world (C,3,4)."""
-    rot = c2w[:, :3, :3] * torch.tensor([1.0, -1.0, -1.0], device=c2w.device, dtype=c2w.dtype)
-    rot_inv = rot.transpose(1, 2)
-    viewmat = torch.zeros(c2w.shape[0], 4, 4, device=c2w.device, dtype=c2w.dtype)
-    viewmat[:, :3, :3] = rot_inv
-    viewmat[:, :3, 3:4] = -rot_inv @ c2w[:, :3, 3:4]
-    viewmat[:, 3, 3] = 1.0
-    return viewmat
+    """World-to-camera OpenCV matrices (C,4,4) from nerfstudio's OpenGL camera-to-world (C,3,4).
+
+    R^T rather than a general inverse: the camera optimiser keeps the rotations exact, and the transpose is
+    cheaper and differentiates cleanly.
+    """
+    return invert_rigid(to_homogeneous(opengl_c2w_to_opencv(c2w)))
 
 
 def _announce(line: str) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from room_dataset import SAMPLES
+from samples import CV_TO_GL
 
 from da3_nerfstudio.formats.ply import read_splat_ply
 from da3_nerfstudio.geometry import project_points, unproject_depth
@@ -24,7 +25,6 @@ from da3_nerfstudio.geometry import project_points, unproject_depth
 SOH = SAMPLES / "soh"
 
 BIN = Path(sys.executable).parent
-GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
 
 
 def _run(args: list[str], cwd: Path, timeout: float) -> str:
@@ -41,7 +41,7 @@ def _w2c_opencv(c2w_gl: np.ndarray) -> np.ndarray:
     """OpenCV world-to-camera (4,4) from a nerfstudio OpenGL camera-to-world (3,4)."""
     c2w = np.eye(4)
     c2w[:3] = c2w_gl
-    return np.linalg.inv(c2w @ GL_TO_CV)
+    return np.linalg.inv(c2w @ CV_TO_GL)
 
 
 def test_ns_train_lists_the_method_and_dataparser(tmp_path: Path) -> None:
@@ -70,7 +70,7 @@ def test_dataparser_keeps_depth_and_splats_in_normalised_pose_units(room_dataset
     np.testing.assert_allclose(depth, raw * scale, rtol=1e-6)
 
     # Ground truth: unproject with the saved (OpenCV) camera, then apply nerfstudio's similarity.
-    w2c_saved = np.linalg.inv(np.asarray(frame0["transform_matrix"]) @ GL_TO_CV)
+    w2c_saved = np.linalg.inv(np.asarray(frame0["transform_matrix"]) @ CV_TO_GL)
     K = outputs.cameras.get_intrinsics_matrices()[0].numpy().astype(np.float64)
     world = unproject_depth(raw[None].astype(np.float64), K[None], w2c_saved[None])[0].reshape(-1, 3)
     expected = scale * (world @ transform[:3, :3].T + transform[:3, 3])
@@ -162,7 +162,7 @@ def test_train_eval_export_on_cpu(room_dataset: Path, tmp_path: Path) -> None:
     for frame in meta["frames"]:
         depth = np.load(room_dataset / frame["depth_file_path"])
         K = np.array([[frame["fl_x"], 0, frame["cx"]], [0, frame["fl_y"], frame["cy"]], [0, 0, 1]])
-        w2c = np.linalg.inv(np.asarray(frame["transform_matrix"]) @ GL_TO_CV)
+        w2c = np.linalg.inv(np.asarray(frame["transform_matrix"]) @ CV_TO_GL)
         uv, z = project_points(world, K, w2c)
         inside = (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < depth.shape[1]) & (uv[:, 1] >= 0) & (uv[:, 1] < depth.shape[0])
         gt = np.zeros(len(world))
