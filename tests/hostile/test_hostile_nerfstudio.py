@@ -28,23 +28,13 @@ from hostile import assert_one_line_error, assert_unchanged, run_tool, snapshot
 pytest.importorskip("nerfstudio", reason="nerfstudio is not installed (pip install -e '.[nerfstudio]')")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "nerfstudio_method"))
 
+from room_dataset import CPU_TRAIN_ARGS as FAST  # noqa: E402
 from room_dataset import ROOM, build_room_dataset  # noqa: E402
 
 import da3_nerfstudio.nerfstudio_method  # noqa: E402, F401 (lets torch.load read nerfstudio checkpoints safely)
 from da3_nerfstudio.errors import InputError  # noqa: E402
 from da3_nerfstudio.formats.ply import read_splat_ply, write_splat_ply  # noqa: E402
 
-#: Small, fast CPU training settings (no evaluation renders, no viewer).
-FAST = [
-    "--vis",
-    "tensorboard",
-    "--machine.device-type",
-    "cpu",
-    "--steps-per-eval-image",
-    "100000",
-    "--steps-per-eval-all-images",
-    "100000",
-]
 ENV = {"OMP_NUM_THREADS": "1"}
 
 

@@ -24,6 +24,11 @@ from da3_nerfstudio.splat_init import splats_from_depth
 SAMPLES = Path(os.environ.get("DA3_SAMPLES", Path(__file__).resolve().parents[3] / "shared" / "samples"))
 ROOM = SAMPLES / "room_gt"
 EVAL_VIEWS = (1, 6)
+#: ns-train options of the tests' short CPU runs: no evaluation renders, no viewer.
+CPU_TRAIN_ARGS = [
+    "--vis", "tensorboard", "--machine.device-type", "cpu",
+    "--steps-per-eval-image", "100000", "--steps-per-eval-all-images", "100000",
+]  # fmt: skip
 
 
 def build_room_dataset(

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from room_dataset import SAMPLES
+from room_dataset import CPU_TRAIN_ARGS, SAMPLES
 from samples import CV_TO_GL
 
 from da3_nerfstudio.formats.ply import read_splat_ply
@@ -111,14 +111,7 @@ def test_train_eval_export_on_cpu(room_dataset: Path, tmp_path: Path) -> None:
             "run",
             "--max-num-iterations",
             str(iterations),
-            "--vis",
-            "tensorboard",
-            "--machine.device-type",
-            "cpu",
-            "--steps-per-eval-image",
-            "100000",
-            "--steps-per-eval-all-images",
-            "100000",
+            *CPU_TRAIN_ARGS,
             "--pipeline.model.warmup-length",
             "50",
             "--pipeline.model.refine-every",
