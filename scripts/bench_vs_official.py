@@ -12,7 +12,11 @@ own process, ours and official alternating (the first of each pair swaps every r
 - end to end: ``da3-process-data images`` (our default precision: auto) against the official
   ``DepthAnything3.inference(..., export_format="colmap")`` on the same photos (frames of the sample video)
   and checkpoint, whole processes (interpreter start-up, imports, loading, inference, writing);
-- start-up: ``da3-process-data --help`` and the first line of progress of a real run.
+- start-up: ``da3-process-data --help`` and the first line of progress of a real run;
+- ``--gpu``: on CUDA, bf16 autocast on both sides (the official API's choice; heads in float32 on both), a
+  preset with RANDOM weights (default the largest, da3nested-giant-large), one process per side running the
+  view counts in ascending order: forward time and the CUDA allocator's peak per view count (a table like
+  the one VGGT publishes). Needs only torch and the official package's network modules (no checkpoint).
 
 Times are the minimum over rounds (the machine may be shared); prints one line per measurement, a summary
 table, then one JSON object as the last line.
@@ -92,6 +96,21 @@ def ensure_photos(views: int) -> Path:
     return folder
 
 
+#: What the official network modules import beyond torch (for a GPU machine without the network): pure
+#: Python, a few MB; PyYAML falls back to pure Python where its C extension does not match.
+OFFICIAL_NET_PACKAGES = ("depth_anything_3", "einops", "addict", "omegaconf", "antlr4", "yaml")
+
+
+def stage_official(folder: Path) -> None:
+    """Copy the official network modules and their pure-Python imports into ``folder`` (for --official-dir)."""
+    import importlib.util
+
+    sys.path.insert(0, str(ensure_official()))
+    for name in OFFICIAL_NET_PACKAGES:
+        source = Path(next(iter(importlib.util.find_spec(name).submodule_search_locations)))
+        shutil.copytree(source, folder / name, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+
+
 def current_rss_mb() -> float:
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -140,6 +159,98 @@ def child_network(impl: str, views: int, height: int, width: int, runs: int) -> 
         "forward_mb": peak - loaded_rss,
         "threads": torch.get_num_threads(),
     }
+
+
+def build_official_net(preset: str) -> object:
+    """The official network with random weights, built from its own YAML preset on the current device
+    (its network modules need only einops, addict and omegaconf, not the API's export stack)."""
+    sys.path.insert(0, str(OFFICIAL_DIR))
+    from depth_anything_3.cfg import create_object, load_config
+    from depth_anything_3.registry import MODEL_REGISTRY
+
+    return create_object(load_config(MODEL_REGISTRY[preset])).eval()
+
+
+def child_gpu(impl: str, preset: str, views: list[int], side: int, device: str = "cuda") -> list[dict]:
+    """One process: random weights, bf16 autocast, each view count after a warm-up call of the same shape.
+    (``device`` cpu only smoke-tests this path: no memory figure there.)"""
+    import torch
+
+    cuda = device == "cuda"
+    torch.manual_seed(0)
+    with torch.device(device):
+        if impl == "ours":
+            from da3_nerfstudio.model import DA3Model
+
+            net = DA3Model(preset).eval()
+        else:
+            net = build_official_net(preset)
+    height, width = side * 3 // 4 // 14 * 14, side
+    rows = []
+    for n in views:
+        x = torch.randn(1, n, 3, height, width, device=device)
+        args = (x,) if impl == "ours" else (x, None, None, [], False, False, "saddle_balanced")
+        try:
+            with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16):
+                net(*args)  # warm-up: kernels and allocator at this shape
+                if cuda:
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                start = time.perf_counter()
+                net(*args)
+                if cuda:
+                    torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+            rows.append({"views": n, "seconds": time.perf_counter() - start, "peak_gb": peak})
+        except torch.OutOfMemoryError:
+            rows.append({"views": n, "seconds": None, "peak_gb": None, "oom": True})
+        del x
+        if cuda:
+            torch.cuda.empty_cache()
+        print(f"  gpu {impl} {preset} {width}x{height} views={n}: {rows[-1]}", file=sys.stderr, flush=True)
+    return rows
+
+
+def bench_gpu(preset: str, views: list[int], side: int) -> dict:
+    import torch
+
+    sides = {
+        impl: child(
+            [
+                sys.executable,
+                __file__,
+                "--official-dir",
+                str(OFFICIAL_DIR),
+                "--child-gpu",
+                impl,
+                preset,
+                "cuda",
+                str(side),
+                *map(str, views),
+            ]
+        )
+        for impl in ("ours", "official")
+    }
+    print(f"GPU {torch.cuda.get_device_name()}, {preset} (random weights), bf16 autocast, {side} px wide")
+    print("| views | ours time | ours peak | official time | official peak | speed-up | memory ratio |")
+    print("|---|---|---|---|---|---|---|")
+    table = []
+    for o, f in zip(sides["ours"], sides["official"], strict=True):
+        ok = o["seconds"] is not None and f["seconds"] is not None
+        row = {
+            "views": o["views"],
+            "ours": o,
+            "official": f,
+            "speedup": f["seconds"] / o["seconds"] if ok else None,
+            "peak_ratio": o["peak_gb"] / f["peak_gb"] if ok else None,
+        }
+        table.append(row)
+        cell = lambda r, k, u: "OOM" if r[k] is None else f"{r[k]:.3f} {u}"  # noqa: E731
+        print(
+            f"| {o['views']} | {cell(o, 'seconds', 's')} | {cell(o, 'peak_gb', 'GB')} | {cell(f, 'seconds', 's')} "
+            f"| {cell(f, 'peak_gb', 'GB')} | {row['speedup'] or 0:.2f}x | {row['peak_ratio'] or 0:.2f}x |"
+        )
+    return {"gpu": torch.cuda.get_device_name(), "preset": preset, "width": side, "rows": table}
 
 
 def child_official_e2e(photos: Path, out: Path) -> None:
@@ -322,9 +433,25 @@ def main() -> None:
     parser.add_argument("--e2e-views", type=int, nargs="*", default=[8, 32])
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per measurement")
     parser.add_argument("--skip", nargs="*", default=[], choices=["network", "e2e", "startup"])
+    parser.add_argument("--gpu", action="store_true", help="the CUDA table (random weights) instead of the CPU runs")
+    parser.add_argument("--gpu-preset", default="da3nested-giant-large")
+    parser.add_argument("--gpu-views", type=int, nargs="+", default=[1, 10, 50, 100, 200])
+    parser.add_argument("--gpu-width", type=int, default=504)
+    parser.add_argument("--official-dir", type=Path, help="an installed official package (no pip install)")
+    parser.add_argument("--stage-official", type=Path, help="copy the official network modules there and exit")
+    parser.add_argument("--child-gpu", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     parser.add_argument("--child-official-e2e", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global OFFICIAL_DIR
+    OFFICIAL_DIR = args.official_dir or OFFICIAL_DIR
+    if args.stage_official:
+        stage_official(args.stage_official)
+        return
+    if args.child_gpu:
+        impl, preset, device, side, *views = args.child_gpu
+        print(json.dumps(child_gpu(impl, preset, list(map(int, views)), int(side), device)))
+        return
     if args.child:
         impl, *numbers = args.child
         print(json.dumps(child_network(impl, *map(int, numbers))))
@@ -335,6 +462,11 @@ def main() -> None:
 
     import torch
 
+    if args.gpu:
+        if not args.official_dir:
+            ensure_official()
+        print(json.dumps(bench_gpu(args.gpu_preset, args.gpu_views, args.gpu_width)))
+        return
     ensure_official()
     ensure_checkpoint()
     sizes = [tuple(int(v) for v in s.split("x"))[::-1] for s in args.sizes]

@@ -30,3 +30,13 @@ echo "build exit $?" >>"$out/gsplat_build.log"
 timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_rasterize.py tests/test_splat_init.py -k gsplat \
   >"$out/test_gsplat.log" 2>&1
 echo "done"
+
+# ---- issue 13 (perf): ours against the official depth-anything-3 0.1.1 on CUDA, bf16 autocast on both --------
+# Random weights, da3nested-giant-large at 504 px, 1/10/50/100/200 views: time and the allocator's peak per side.
+# Needs the official network modules in .whl/official, staged beforehand on a machine with the package index:
+#   python scripts/bench_vs_official.py --stage-official .whl/official
+if [ -d .whl/official ]; then
+  timeout 420 python3 scripts/bench_vs_official.py --gpu --official-dir .whl/official \
+    >"$out/bench_vs_official_gpu.log" 2>&1
+  echo "bench_vs_official exit $?" >>"$out/bench_vs_official_gpu.log"
+fi
