@@ -260,6 +260,7 @@ def child_official_e2e(photos: Path, out: Path) -> None:
 
     model = DepthAnything3.from_pretrained(str(CHECKPOINT)).eval()
     paths = [str(p) for p in sorted(photos.iterdir())]
+    out.mkdir(parents=True)  # its COLMAP writer (pycolmap 4) needs the folder to exist
     model.inference(paths, export_dir=str(out), export_format="colmap", process_res=504)
 
 
