@@ -2,7 +2,7 @@
 
 It wraps the network with the official preprocessing, pose conditioning (known cameras are
 normalised as officially and the result is mapped back to the caller's frame and scale with a
-Sim(3) fit), chunked inference for many views, and mixed precision on CUDA.
+Sim(3) fit), chunked inference for many views, and a bf16 backbone on CUDA and on CPUs with native bf16.
 """
 
 from __future__ import annotations
@@ -118,10 +118,36 @@ def chunk_ranges(n: int, size: int) -> list[tuple[int, int]]:
         start = stop - overlap
 
 
-def _autocast_dtype(device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda":
+#: ``precision`` choices: "auto" runs the backbone in bf16 where the hardware has fast bf16 (CUDA with bf16,
+#: else fp16; CPUs with AVX-512 BF16 or AMX), float32 elsewhere; the heads always run in float32.
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def cpu_has_fast_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU has native bf16 dot products (AVX-512 BF16 or AMX): only then does a bf16 backbone
+    beat float32 (elsewhere oneDNN emulates bf16, slower than float32). False where the flags cannot be read."""
+    try:
+        flags = {flag for line in cpuinfo.read_text().splitlines() if line.startswith("flags") for flag in line.split()}
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The backbone's autocast dtype for a ``precision`` choice on ``device`` (None: float32 throughout)."""
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "float32":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        if precision == "bfloat16":
+            raise InputError(f"precision bfloat16: {torch.cuda.get_device_name(device)} does not support bf16")
+        return torch.float16
+    if device.type == "cpu" and (precision == "bfloat16" or cpu_has_fast_bf16()):
+        return torch.bfloat16
+    return None
 
 
 def _as_array(value: np.ndarray | torch.Tensor | None, name: str, n: int, shapes: tuple) -> np.ndarray | None:
@@ -241,8 +267,16 @@ def _concat(parts: list[_Part]) -> _Part:
 class DA3Predictor:
     """Runs a DA3 model on images; see :meth:`predict`."""
 
-    def __init__(self, model_or_name_or_path: DA3Model | str | Path, device: str | torch.device | None = None) -> None:
+    def __init__(
+        self,
+        model_or_name_or_path: DA3Model | str | Path,
+        device: str | torch.device | None = None,
+        precision: str = "auto",
+    ) -> None:
+        """``precision`` (see PRECISIONS): "auto" (bf16 backbone where the device has fast bf16), "float32"
+        or "bfloat16"; the heads and camera decoding always run in float32."""
         self.device = resolve_device(device)
+        self.autocast_dtype = autocast_dtype(precision, self.device)
         if isinstance(model_or_name_or_path, torch.nn.Module):
             self.model = model_or_name_or_path.to(self.device).eval()
         else:
@@ -321,7 +355,7 @@ class DA3Predictor:
         if w2c is not None:
             ext = torch.from_numpy(normalize_extrinsics(w2c[start:stop]))[None].float().to(self.device)
             ixt = torch.from_numpy(batch.intrinsics)[None].float().to(self.device)
-        dtype = _autocast_dtype(self.device)
+        dtype = self.autocast_dtype
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             out = self.model(x, ext, ixt, **options)
         result = {k: v[0].float().cpu().numpy() for k, v in out.items() if k not in ("gaussians", "scale_factor")}

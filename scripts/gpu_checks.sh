@@ -47,3 +47,13 @@ if [[ $steps == *" train "* ]]; then
   tail -n 40 /tmp/bench_gpu_train/*.log >"$out/train_runs.log" 2>&1
 fi
 echo "done"
+
+# ---- issue 13 (perf): ours against the official depth-anything-3 0.1.1 on CUDA, bf16 autocast on both --------
+# Random weights, da3nested-giant-large at 504 px, 1/10/50/100/200 views: time and the allocator's peak per side.
+# Needs the official network modules in .whl/official, staged beforehand on a machine with the package index:
+#   python scripts/bench_vs_official.py --stage-official .whl/official
+if [ -d .whl/official ]; then
+  timeout 420 python3 scripts/bench_vs_official.py --gpu --official-dir .whl/official \
+    >"$out/bench_vs_official_gpu.log" 2>&1
+  echo "bench_vs_official exit $?" >>"$out/bench_vs_official_gpu.log"
+fi

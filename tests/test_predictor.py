@@ -22,6 +22,7 @@ from torch import nn
 from da3_nerfstudio import DA3Predictor, InputError, Prediction
 from da3_nerfstudio.geometry import align_cameras_sim3, apply_sim3_to_w2c, project_points
 from da3_nerfstudio.model.presets import get_preset
+from da3_nerfstudio.predictor import autocast_dtype, cpu_has_fast_bf16
 from da3_nerfstudio.preprocess import preprocess_images
 
 pytestmark = pytest.mark.skipif(not ROOM.is_dir(), reason=f"sample data not found at {ROOM}")
@@ -113,7 +114,7 @@ def test_chunked_prediction_is_aligned_into_one_frame() -> None:
 @pytest.fixture(scope="module")
 def small_predictor(tmp_path_factory: pytest.TempPathFactory) -> DA3Predictor:
     folder = write_checkpoint(tmp_path_factory.mktemp("ckpt") / "da3-small", "da3-small")
-    return DA3Predictor(folder, device="cpu")
+    return DA3Predictor(folder, device="cpu", precision="float32")
 
 
 def test_chunked_and_single_pass_agree_with_the_real_network(small_predictor: DA3Predictor) -> None:
@@ -229,3 +230,56 @@ def test_cuda_path_agrees_with_cpu(small_predictor: DA3Predictor, tmp_path_facto
     relative = np.abs(pred.depth - reference.depth) / reference.depth
     assert np.median(relative) < 0.01 and np.percentile(relative, 99) < 0.05, (np.median(relative), relative.max())
     np.testing.assert_array_equal(pred.images, reference.images)
+
+
+def rotation_angles_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Angle (degrees) of the relative rotation between the world-to-camera rotations of a and b (N,3,4)."""
+    rel = a[:, :, :3].astype(np.float64) @ b[:, :, :3].astype(np.float64).transpose(0, 2, 1)
+    return np.degrees(np.arccos(np.clip((np.trace(rel, axis1=1, axis2=2) - 1) / 2, -1.0, 1.0)))
+
+
+def test_cpu_bf16_path_agrees_with_float32(small_predictor: DA3Predictor) -> None:
+    """The CPU bf16 backbone (what precision="auto" picks on CPUs with AVX-512 BF16 or AMX; forced here, so it
+    runs on any CPU) against the float32 run, with the CUDA path's bounds: depth median relative difference
+    under 1 %, 99th percentile under 5 %; cameras within 1 degree, centres within 5 % of the scene's camera
+    spread, focal lengths within 2 %."""
+    bf16 = DA3Predictor(small_predictor.model, device="cpu", precision="bfloat16")
+    assert bf16.autocast_dtype == torch.bfloat16 and small_predictor.autocast_dtype is None
+    paths, _, _, _ = room()
+    reference = small_predictor.predict(paths[:4], process_res=112)
+    pred = bf16.predict(paths[:4], process_res=112)
+    assert pred.depth.dtype == np.float32 and pred.depth.shape == reference.depth.shape
+    assert not np.array_equal(pred.depth, reference.depth), "bf16 run gave bit-identical depth: not in bf16"
+    relative = np.abs(pred.depth - reference.depth) / reference.depth
+    assert np.median(relative) < 0.01 and np.percentile(relative, 99) < 0.05, (np.median(relative), relative.max())
+    assert rotation_angles_deg(pred.extrinsics, reference.extrinsics).max() < 1.0
+    centres = [-np.einsum("nji,nj->ni", e[:, :, :3], e[:, :, 3]) for e in (pred.extrinsics, reference.extrinsics)]
+    spread = np.linalg.norm(centres[1] - centres[1].mean(0), axis=-1).max()
+    assert np.linalg.norm(centres[0] - centres[1], axis=-1).max() < 0.05 * spread
+    focal = lambda k: k[:, [0, 1], [0, 1]]  # noqa: E731
+    np.testing.assert_allclose(focal(pred.intrinsics), focal(reference.intrinsics), rtol=0.02)
+    np.testing.assert_array_equal(pred.images, reference.images)
+
+
+@pytest.mark.parametrize(
+    ("flags", "fast"),
+    [("fpu sse avx2 avx512f avx512_bf16", True), ("fpu avx512f amx_bf16 amx_tile", True), ("fpu avx2 avx512f", False)],
+    ids=["avx512_bf16", "amx", "no-bf16"],
+)
+def test_auto_precision_follows_the_cpu_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags: str, fast: bool
+) -> None:
+    """precision="auto" picks bf16 on a CPU exactly when /proc/cpuinfo lists AVX-512 BF16 or AMX-BF16."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    assert cpu_has_fast_bf16(cpuinfo) is fast
+    monkeypatch.setattr("da3_nerfstudio.predictor.cpu_has_fast_bf16", lambda: cpu_has_fast_bf16(cpuinfo))
+    cpu = torch.device("cpu")
+    assert autocast_dtype("auto", cpu) == (torch.bfloat16 if fast else None)
+    assert autocast_dtype("float32", cpu) is None and autocast_dtype("bfloat16", cpu) == torch.bfloat16
+    assert cpu_has_fast_bf16(tmp_path / "missing") is False
+
+
+def test_unknown_precision_is_refused_before_loading(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="^precision must be one of auto, float32, bfloat16, got 'float16'$"):
+        DA3Predictor(tmp_path / "not-a-checkpoint", device="cpu", precision="float16")

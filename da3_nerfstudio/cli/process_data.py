@@ -178,6 +178,9 @@ class _Network(_Common):
     licence is CC BY-NC 4.0 (non-commercial). DA3-SMALL / DA3-BASE are Apache-2.0."""
     device: str | None = None
     """torch device (default: cuda if available, else cpu)."""
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Backbone precision: auto = bf16 on GPUs with bf16 (else fp16) and on CPUs with AVX-512 BF16 or AMX,
+    float32 elsewhere; float32 forces full precision (the heads always run in float32)."""
     process_res: int = 504
     """Network input resolution (longest side for upper_bound_resize)."""
     process_res_method: Literal["upper_bound_resize", "lower_bound_resize", "upper_bound_crop", "lower_bound_crop"] = (
@@ -284,7 +287,7 @@ class _Network(_Common):
         extrinsics, intrinsics = known if known is not None else (None, None)
         start = time.perf_counter()
         with console.status(f"loading {self.model}"):
-            predictor = DA3Predictor(folder, device=self.device)
+            predictor = DA3Predictor(folder, device=self.device, precision=self.precision)
         timings["load model"] = time.perf_counter() - start
         model = predictor.model
         console.print(f"model {model.name} on {predictor.device} - licence: {model.preset.licence}")

@@ -53,22 +53,43 @@ class SwiGLUFFN(nn.Module):
         return self.w3(F.silu(gate) * value)
 
 
-def rope_2d(t: Tensor, pos: Tensor) -> Tensor:
-    """Rotate q or k (..., N, 64) by 2D positions ``pos`` (N, 2) = (y, x).
+#: Tokens per pass through a block's feed-forward network at inference: its 4x-wide hidden layer is then
+#: held for this many tokens only, instead of for every token of every view at once.
+FFN_TOKEN_CHUNK = 4096
 
-    The first half of the head dim encodes y, the second x; within a half, dims k and k + d/4 form a
-    rotation pair (rotate-half layout), with frequencies ``100^(-2k/(d/2))``.
+
+class RopeTable:
+    """Cos/sin tables of the 2D rotary embedding for one set of token positions, built once per forward
+    and dtype instead of once per block (the official code recomputes the angles in every block).
+
+    The head dim's first half encodes y, the second x; within a half, dims k and k + d/4 form a rotation
+    pair (rotate-half layout) with frequencies ``100^(-2k/(d/2))``. The rotate-half sign is folded into
+    the sine table, so applying it is one swap of quarters and two multiplies.
     """
-    half = t.shape[-1] // 2
-    inv_freq = ROPE_BASE ** (-torch.arange(0, half, 2, dtype=t.dtype, device=t.device) / half)
-    out = []
-    for axis in range(2):
-        angles = pos[:, axis].to(t.dtype)[:, None] * inv_freq[None, :]
-        angles = torch.cat([angles, angles], dim=-1)
-        part = t[..., axis * half : (axis + 1) * half]
-        a, b = part.chunk(2, dim=-1)
-        out.append(part * angles.cos() + torch.cat([-b, a], dim=-1) * angles.sin())
-    return torch.cat(out, dim=-1)
+
+    def __init__(self, pos: Tensor) -> None:
+        self.pos = pos
+        self._tables: dict[tuple[torch.dtype, int], tuple[Tensor, Tensor]] = {}
+
+    def tables(self, dtype: torch.dtype, head_dim: int) -> tuple[Tensor, Tensor]:
+        """(cos, signed sin), each (N, 1, head_dim), for tokens laid out (B, N, heads, head_dim)."""
+        key = (dtype, head_dim)
+        if key not in self._tables:
+            half = head_dim // 2
+            inv_freq = ROPE_BASE ** (-torch.arange(0, half, 2, dtype=dtype, device=self.pos.device) / half)
+            angles = self.pos.to(dtype)[:, :, None] * inv_freq  # (N, 2 axes, d/4)
+            cos, sin = angles.cos(), angles.sin()
+            cos = torch.stack([cos, cos], dim=2).reshape(-1, 1, head_dim)
+            sin = torch.stack([-sin, sin], dim=2).reshape(-1, 1, head_dim)
+            self._tables[key] = (cos, sin)
+        return self._tables[key]
+
+    def __call__(self, t: Tensor) -> Tensor:
+        """Rotate q or k laid out (B, N, heads, head_dim)."""
+        cos, sin = self.tables(t.dtype, t.shape[-1])
+        quarters = t.unflatten(-1, (2, 2, -1))
+        swapped = quarters.flip(-2).flatten(-3)  # per axis: [a, b] -> [b, a]
+        return torch.addcmul(t * cos, swapped, sin)
 
 
 class Attention(nn.Module):
@@ -84,17 +105,23 @@ class Attention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def forward(self, x: Tensor, pos: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, rope: RopeTable | None = None) -> Tensor:
         b, n, c = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        heads = (self.num_heads, c // self.num_heads)
+        # q, k and v from slices of the packed projection: each is its own tensor, so q and k are freed
+        # once normalised and rotated instead of keeping the packed (B, N, 3C) output alive.
+        weight, bias = self.qkv.weight, self.qkv.bias
+        q, k, v = (F.linear(x, weight[i * c : (i + 1) * c], bias[i * c : (i + 1) * c]).unflatten(-1, heads)
+                   for i in range(3))  # fmt: skip
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        if pos is not None:
-            q, k = rope_2d(q, pos), rope_2d(k, pos)
+        if rope is not None:
+            q, k = rope(q), rope(k)
         # Under autocast the QK-norm returns float32 while v is low precision: attend in v's dtype, as
         # autocast does for the official model's attention on CUDA (a no-op without autocast).
         q, k = q.to(v.dtype), k.to(v.dtype)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        del q, k, v
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 
@@ -110,9 +137,16 @@ class Block(nn.Module):
         self.mlp = SwiGLUFFN(dim) if ffn == "swiglu" else Mlp(dim, 4 * dim)
         self.ls2 = LayerScale(dim)
 
-    def forward(self, x: Tensor, pos: Tensor | None = None) -> Tensor:
-        x = x + self.ls1(self.attn(self.norm1(x), pos))
-        return x + self.ls2(self.mlp(self.norm2(x)))
+    def forward(self, x: Tensor, rope: RopeTable | None = None) -> Tensor:
+        x = torch.addcmul(x, self.attn(self.norm1(x), rope), self.ls1.gamma).contiguous()
+        if torch.is_grad_enabled():
+            return torch.addcmul(x, self.mlp(self.norm2(x)), self.ls2.gamma)
+        # Inference: x is this block's own tensor, so the feed-forward residual is added in place, a
+        # chunk of tokens at a time (the hidden layer is 4x the width of x).
+        flat = x.view(-1, x.shape[-1])
+        for rows in flat.split(FFN_TOKEN_CHUNK):
+            rows.addcmul_(self.mlp(self.norm2(rows)), self.ls2.gamma)
+        return x
 
 
 class PatchEmbed(nn.Module):
@@ -212,7 +246,7 @@ class DinoVisionTransformer(nn.Module):
         n, c = x.shape[1], x.shape[2]
         x = x.reshape(b, s, n, c)
 
-        local_pos = global_pos = None
+        local_rope = global_rope = None
         if cfg.anyview:
             rows, cols = torch.meshgrid(
                 torch.arange(h, device=x.device), torch.arange(w, device=x.device), indexing="ij"
@@ -222,7 +256,7 @@ class DinoVisionTransformer(nn.Module):
             )
             view_pos = torch.ones_like(local_pos)
             view_pos[0] = 0
-            global_pos = view_pos.repeat(s, 1)
+            local_rope, global_rope = RopeTable(local_pos), RopeTable(view_pos.repeat(s, 1))
 
         order = None
         local_x = x
@@ -241,9 +275,9 @@ class DinoVisionTransformer(nn.Module):
                     x[:, 1:, 0] = token[:, 1]
             use_rope = cfg.anyview and i >= cfg.alt_start
             if self.block_is_global(i):
-                x = block(x.reshape(b, s * n, c), global_pos if use_rope else None).reshape(b, s, n, c)
+                x = block(x.reshape(b, s * n, c), global_rope if use_rope else None).reshape(b, s, n, c)
             else:
-                x = block(x.reshape(b * s, n, c), local_pos if use_rope else None).reshape(b, s, n, c)
+                x = block(x.reshape(b * s, n, c), local_rope if use_rope else None).reshape(b, s, n, c)
                 local_x = x
             if i in cfg.out_layers:
                 outputs.append(torch.cat([local_x, x], dim=-1) if cfg.cat_token else x)
