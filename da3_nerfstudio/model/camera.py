@@ -9,21 +9,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from da3_nerfstudio.geometry import invert_rigid
 from da3_nerfstudio.model.backbone import Block, Mlp
 from da3_nerfstudio.rotation import matrix_to_quat_xyzw, quat_xyzw_to_matrix
-
-
-def invert_pose(pose: Tensor) -> Tensor:
-    """Inverse of rigid transforms (...,3,4) or (...,4,4), returned as (...,3,4)."""
-    r, t = pose[..., :3, :3], pose[..., :3, 3:]
-    rt = r.transpose(-1, -2)
-    return torch.cat([rt, -rt @ t], dim=-1)
 
 
 def encode_pose(extrinsics: Tensor, intrinsics: Tensor, image_hw: tuple[int, int]) -> Tensor:
     """(B,S,9) pose encoding of world-to-camera extrinsics and pixel intrinsics."""
     height, width = image_hw
-    c2w = invert_pose(extrinsics)
+    c2w = invert_rigid(extrinsics)
     fov_h = 2 * torch.atan((height / 2) / intrinsics[..., 1, 1])
     fov_w = 2 * torch.atan((width / 2) / intrinsics[..., 0, 0])
     return torch.cat([c2w[..., :3, 3], matrix_to_quat_xyzw(c2w[..., :3, :3]), fov_h[..., None], fov_w[..., None]], -1)
@@ -38,7 +32,7 @@ def decode_pose(encoding: Tensor, image_hw: tuple[int, int]) -> tuple[Tensor, Te
     intrinsics = torch.zeros(*encoding.shape[:-1], 3, 3, dtype=encoding.dtype, device=encoding.device)
     intrinsics[..., 0, 0], intrinsics[..., 1, 1] = fx, fy
     intrinsics[..., 0, 2], intrinsics[..., 1, 2], intrinsics[..., 2, 2] = width / 2, height / 2, 1.0
-    return invert_pose(c2w), intrinsics
+    return invert_rigid(c2w), intrinsics
 
 
 class CameraDec(nn.Module):

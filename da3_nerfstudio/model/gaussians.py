@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from da3_nerfstudio.model.camera import invert_pose
+from da3_nerfstudio.geometry import invert_rigid
 from da3_nerfstudio.model.presets import GaussianAdapterConfig
 from da3_nerfstudio.rotation import matrix_to_quat_xyzw, quat_xyzw_to_matrix, rotate_sh
 
@@ -43,7 +43,7 @@ def gaussian_adapter(
     depth head's output; ``depth_scale`` (B,) optionally rescales translations and depths.
     """
     b, s, h, w, _ = raw.shape
-    c2w = invert_pose(extrinsics)  # (B,S,3,4)
+    c2w = invert_rigid(extrinsics)[..., :3, :]  # (B,S,3,4)
     rot, centre = c2w[..., :3], c2w[..., 3]
     if depth_scale is not None:
         centre = centre * depth_scale[:, None, None]

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from da3_nerfstudio.geometry import align_cameras_sim3
+from da3_nerfstudio.geometry import align_cameras_sim3, to_homogeneous
 from da3_nerfstudio.model.backbone import Backbone, patch_grid
 from da3_nerfstudio.model.camera import CameraDec, CameraEnc, decode_pose
 from da3_nerfstudio.model.dpt import HEADS, run_head_chunked
@@ -227,10 +227,8 @@ class DA3Model(nn.Module):
         """
         if x.dim() != 5 or x.shape[2] != 3:
             raise ValueError(f"expected images of shape (B,S,3,H,W), got {tuple(x.shape)}")
-        if extrinsics is not None and extrinsics.shape[-2] == 3:
-            bottom = torch.zeros(*extrinsics.shape[:-2], 1, 4, dtype=extrinsics.dtype, device=extrinsics.device)
-            bottom[..., 0, 3] = 1
-            extrinsics = torch.cat([extrinsics, bottom], dim=-2)
+        if extrinsics is not None:
+            extrinsics = to_homogeneous(extrinsics)
         return self.model(
             x, extrinsics, intrinsics, infer_gs=infer_gs, use_ray_pose=use_ray_pose,
             ref_view_strategy=ref_view_strategy,
