@@ -9,6 +9,7 @@ folder holds ``transforms.json`` (nerfstudio-data), ``colmap/sparse/0``, ``spars
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import sys
@@ -31,6 +32,7 @@ from da3_nerfstudio.dataset import (
     DatasetSummary,
     check_output_dir,
     image_header,
+    input_fingerprint,
     natural_sorted,
     write_dataset,
 )
@@ -41,6 +43,8 @@ from da3_nerfstudio.prediction import CONF_PERCENTILE, Prediction
 #: Best geometry that fits about 100 views on a 24 GB GPU (bf16), metric scale; CC BY-NC 4.0.
 DEFAULT_MODEL = "depth-anything/DA3NESTED-GIANT-LARGE-1.1"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+#: Options that change how a dataset is made, not what it holds: left out of its fingerprint (resume).
+_NOT_IN_RESULT = ("output_dir", "overwrite", "device", "workers", "ray_address")
 #: Without a terminal (e.g. under the Blender add-on) progress is printed as lines at this step.
 _LINE_STEP = 0.05
 
@@ -113,6 +117,15 @@ class _Common:
         """The command's options as JSON values, for the manifest."""
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 
+    def _inputs(self) -> list[Path]:
+        return [self.data]
+
+    def fingerprint(self) -> str:
+        """What the dataset is made from (inputs and settings), stored in its manifest: a batch rerun skips a
+        dataset whose fingerprint is current (:func:`da3_nerfstudio.dataset.dataset_is_current`)."""
+        settings = {k: v for k, v in self._settings().items() if k not in _NOT_IN_RESULT}
+        return input_fingerprint(self._inputs(), settings)
+
     def _write(
         self, prediction: Prediction, image_paths: Sequence[Path] | None, timings: dict[str, float], extra: dict
     ) -> DatasetSummary:
@@ -124,6 +137,7 @@ class _Common:
                 options=self._options(),
                 overwrite=self.overwrite,
                 progress=report,
+                fingerprint=self.fingerprint(),
                 metadata={"options": self._settings(), **extra, "timings_before_writing": timings},
             )
         summary.timings = {**timings, **summary.timings}
@@ -156,6 +170,15 @@ class _Network(_Common):
     """Cameras from the ray head instead of the camera head (slower, sometimes more accurate)."""
     gaussian_head: bool = True
     """Use the model's Gaussian head for splat_init.ply when it has one (else Gaussians from depth)."""
+    workers: int | None = None
+    """Ray workers, each holding the model: the chunks of one capture (or the captures of `batch`) run on
+    them at once, on a local Ray runtime on 127.0.0.1 or on the cluster of --ray-address."""
+    ray_address: str | None = None
+    """Join this Ray cluster (`auto` or HOST:PORT, e.g. from `ray start --head`) instead of running here."""
+
+    def _inputs(self) -> list[Path]:
+        model = Path(self.model)
+        return [self.data, *([self.known_poses] if self.known_poses else []), *([model] if model.is_dir() else [])]
 
     def _check(self) -> None:
         if self.process_res_method.endswith("_crop"):
@@ -169,17 +192,20 @@ class _Network(_Common):
             raise InputError(f"--max-views-per-chunk must be at least 3, got {self.max_views_per_chunk}")
         if self.known_poses is not None and not self.known_poses.exists():
             raise InputError(f"{self.known_poses}: --known-poses file or folder not found")
+        if self.workers is not None and self.workers < 1:
+            raise InputError(f"--workers must be at least 1, got {self.workers}")
 
     def _run(self, image_paths: list[Path], timings: dict[str, float]) -> Prediction:
         """Load the model and predict (with known cameras when given), with progress and timings."""
-        from da3_nerfstudio.predictor import DA3Predictor
+        from da3_nerfstudio.predictor import shared_predictor
 
         extrinsics = intrinsics = None
         if self.known_poses is not None:
             extrinsics, intrinsics = load_known_poses(self.known_poses, image_paths)
+        distributed = self.workers is not None or self.ray_address is not None
         start = time.perf_counter()
-        with console.status(f"loading {self.model}"):
-            predictor = DA3Predictor(self.model, device=self.device)
+        with console.status(f"loading {self.model}"):  # on the workers' devices when distributed; here for planning
+            predictor = shared_predictor(self.model, "cpu" if distributed else self.device)
         timings["load model"] = time.perf_counter() - start
         model = predictor.model
         console.print(f"model {model.name} on {predictor.device} - licence: {model.preset.licence}")
@@ -189,7 +215,12 @@ class _Network(_Common):
                 "such as DA3NESTED-GIANT-LARGE-1.1, DA3-LARGE-1.1 or DA3-SMALL"
             )
         start = time.perf_counter()
-        with _Reporter() as report:
+        with contextlib.ExitStack() as stack, _Reporter() as report:
+            runner = None
+            if distributed:
+                from da3_nerfstudio.cluster.pool import chunk_runner
+
+                runner = stack.enter_context(chunk_runner(self.ray_address, self.workers, self.model, self.device))
             prediction = predictor.predict(
                 image_paths,
                 extrinsics,
@@ -200,6 +231,7 @@ class _Network(_Common):
                 use_ray_pose=self.use_ray_pose,
                 max_views_per_chunk=self.max_views_per_chunk,
                 progress=lambda done, total: report("inference", done, total),
+                runner=runner,
             )
         timings["inference"] = time.perf_counter() - start
         return prediction
@@ -262,10 +294,12 @@ class PredictionsCommand(_Common):
     """Folder with the original photos (same order, or the names stored in the npz); they are written at
     full resolution with intrinsics rescaled to their size. Default: the npz's processed images."""
 
+    def _inputs(self) -> list[Path]:
+        return [self.data] if self.images is None else [self.data, self.images]
+
     def main(self) -> DatasetSummary:
         self._options()  # bad option values fail before anything is read
-        inputs = [self.data] if self.images is None else [self.data, self.images]
-        check_output_dir(self.output_dir, overwrite=self.overwrite, inputs=inputs)
+        check_output_dir(self.output_dir, overwrite=self.overwrite, inputs=self._inputs())
         prediction = Prediction.load(self.data)
         paths = None
         if self.images is not None:
@@ -372,7 +406,10 @@ Command = (
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default: the command line), run, and return the exit code."""
-    command = tyro.cli(Command, args=argv, prog="da3-process-data", description=DESCRIPTION)
+    from da3_nerfstudio.cli.batch import BatchCommand  # batch.py builds on the commands above
+
+    commands = Command | Annotated[BatchCommand, tyro.conf.subcommand("batch")]
+    command = tyro.cli(commands, args=argv, prog="da3-process-data", description=DESCRIPTION)
     logging.basicConfig(level=logging.WARNING, handlers=[RichHandler(console=console, show_path=False)], force=True)
     logging.getLogger("da3_nerfstudio").setLevel(logging.INFO)
     try:
