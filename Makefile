@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	test -e /usr/lib/x86_64-linux-gnu/libusb-1.0.so.0 || (apt-get update -qq && apt-get install -y -qq libusb-1.0-0)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,nerfstudio]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,nerfstudio,cluster]'
 	touch $(STAMP)
 
 $(B5STAMP): pyproject.toml

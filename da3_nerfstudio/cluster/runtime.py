@@ -22,6 +22,9 @@ LOOPBACK = "127.0.0.1"
 #: Ray reads this once at import: "0" keeps every address on loopback (see the module docstring).
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 _LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+#: Ray gives its agents 30 s to start (hard-coded in ray/_private/node.py); on an overloaded machine a first
+#: start can miss that, and a second one usually makes it.
+LOCAL_START_ATTEMPTS = 3
 
 
 @dataclass
@@ -61,22 +64,29 @@ def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: int |
     ray = import_ray(loopback=local or is_loopback(address))
     if ray.is_initialized():
         raise DA3Error("this process is already connected to Ray; disconnect first")
-    try:
-        if local:
-            context = ray.init(
-                address="local",  # never a cluster named by $RAY_ADDRESS: exposure is the user's explicit choice
-                _node_ip_address=LOOPBACK,
-                num_cpus=num_cpus,
-                num_gpus=num_gpus,
-                include_dashboard=False,
-                log_to_driver=False,
-                configure_logging=False,
+    for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
+        try:
+            if local:
+                context = ray.init(
+                    address="local",  # never a cluster named by $RAY_ADDRESS: exposure is the user's explicit choice
+                    _node_ip_address=LOOPBACK,
+                    num_cpus=num_cpus,
+                    num_gpus=num_gpus,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    configure_logging=False,
+                )
+            else:
+                context = ray.init(address=address, log_to_driver=False, configure_logging=False)
+            break
+        except Exception as err:  # noqa: BLE001 - Ray raises bare Exception when its processes do not come up in time
+            ray.shutdown()  # stops whatever part of a local runtime did start
+            if local and attempt < LOCAL_START_ATTEMPTS:
+                continue
+            where = (
+                f"--ray-address {address}: cannot connect to Ray" if address else "the local Ray runtime did not start"
             )
-        else:
-            context = ray.init(address=address, log_to_driver=False, configure_logging=False)
-    except Exception as err:  # noqa: BLE001 - Ray raises bare Exception when its processes do not come up in time
-        where = f"--ray-address {address}: cannot connect to Ray" if address else "the local Ray runtime did not start"
-        raise DA3Error(f"{where} ({first_line(err)})") from None
+            raise DA3Error(f"{where} ({first_line(err)})") from None
     node_ip = context.address_info["node_ip_address"]
     if local and node_ip != LOOPBACK:
         ray.shutdown()
