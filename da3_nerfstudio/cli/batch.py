@@ -72,6 +72,8 @@ class BatchCommand(_Network):
         self._options()
         if self.num_frames_target < 2:
             raise InputError(f"--num-frames-target must be at least 2, got {self.num_frames_target}")
+        if self.cpus_per_worker < 0 or (self.gpus_per_worker is not None and self.gpus_per_worker < 0):
+            raise InputError("--cpus-per-worker and --gpus-per-worker must not be negative")
         captures = expand_captures(self.inputs)
         jobs = [self._job(name, kind, path) for name, kind, path in captures]
         rows, todo = [], []

@@ -206,8 +206,6 @@ def worker_resources(cpus: float, gpus: float | None) -> tuple[float, float]:
     """(CPUs, GPUs) per worker: GPUs default to one per worker when the cluster has any, else none."""
     import ray
 
-    if cpus < 0 or (gpus is not None and gpus < 0):
-        raise DA3Error("--cpus-per-worker and --gpus-per-worker must not be negative")
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     return cpus, gpus
