@@ -105,7 +105,7 @@ class Watch:
             self.sample()
             if kill_one and not self.killed:
                 self.kill_a_worker_mid_capture()
-            time.sleep(0.1)
+            time.sleep(0.25)
         if self.proc.poll() is None:
             self.proc.kill()
         out, err = self.proc.communicate(timeout=60)

@@ -11,7 +11,11 @@ other captures go on.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
+import subprocess
+import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -235,3 +239,88 @@ def chunk_runner(
             ray.kill(actor)
     finally:
         disconnect()
+
+
+#: A trained dataset's splats: ``<dataset>/export/splat.ply`` (ns-export) with the stamp saying how they were made.
+EXPORT_DIR = "export"
+TRAIN_STAMP = "trained.json"
+
+
+def training_is_current(dataset: Path, iterations: int) -> bool:
+    """Whether ``dataset/export`` holds splats trained for ``iterations`` on this very dataset (its fingerprint)."""
+    from da3_nerfstudio.dataset import MANIFEST
+
+    try:
+        stamp = json.loads((dataset / EXPORT_DIR / TRAIN_STAMP).read_text())
+        manifest = json.loads((dataset / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    wanted = {"iterations": iterations, "dataset": manifest.get("fingerprint")}
+    return stamp == wanted and (dataset / EXPORT_DIR / "splat.ply").is_file()
+
+
+def train_dataset(dataset: str, iterations: int) -> dict[str, Any]:
+    """``ns-train da3-splat`` for ``iterations`` on one dataset (no viewer: it would listen on every interface),
+    then ``ns-export gaussian-splat``; the export folder is swapped in whole, with its stamp, so a killed run
+    leaves the previous export or none. A Ray task: a worker that dies is retried by Ray."""
+    from da3_nerfstudio.dataset import MANIFEST
+
+    folder = Path(dataset)
+    bin_dir = Path(sys.executable).parent
+    start = time.perf_counter()
+    run = folder / "train"
+    never = str(10**9)
+    steps = [
+        [str(bin_dir / "ns-train"), "da3-splat", "--data", str(folder), "--output-dir", str(run),
+         "--experiment-name", "splat", "--timestamp", "run", "--max-num-iterations", str(iterations),
+         "--vis", "tensorboard", "--steps-per-eval-image", never, "--steps-per-eval-all-images", never],
+    ]  # fmt: skip
+    stage = folder / f".{EXPORT_DIR}.{os.getpid()}.new"
+    config = run / "splat" / "da3-splat" / "run" / "config.yml"
+    steps.append(
+        [str(bin_dir / "ns-export"), "gaussian-splat", "--load-config", str(config), "--output-dir", str(stage)]
+    )
+    try:
+        for command in steps:
+            result = subprocess.run(command, capture_output=True, text=True)
+            if result.returncode != 0:
+                lines = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()]
+                tail = lines[-1].strip() if lines else f"exit status {result.returncode}"
+                return {"status": "failed", "seconds": time.perf_counter() - start, "error": f"{command[0]}: {tail}"}
+        fingerprint = json.loads((folder / MANIFEST).read_text()).get("fingerprint")
+        (stage / TRAIN_STAMP).write_text(json.dumps({"iterations": iterations, "dataset": fingerprint}))
+        old = folder / f".{EXPORT_DIR}.{os.getpid()}.old"
+        if (folder / EXPORT_DIR).exists():
+            os.rename(folder / EXPORT_DIR, old)
+        os.rename(stage, folder / EXPORT_DIR)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return {"status": "done", "seconds": time.perf_counter() - start}
+
+
+def run_training(
+    datasets: list[tuple[str, Path]], iterations: int, cpus: float, gpus: float, events: PoolEvents
+) -> list[Outcome]:
+    """Train each dataset as its own Ray task (``gpus`` GPUs each), Ray retrying a task whose worker died."""
+    import ray
+    from ray.exceptions import RayError
+
+    task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=MAX_ATTEMPTS - 1)(train_dataset)
+    refs = {task.remote(str(path), iterations): (name, path) for name, path in datasets}
+    outcomes: dict[str, Outcome] = {}
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=POLL_S)
+        events.tick()
+        for ref in ready:
+            name, path = refs[ref]
+            try:
+                result = ray.get(ref)
+            except RayError as err:
+                result = {"status": "failed", "seconds": 0.0, "error": f"training task failed ({first_line(err)})"}
+            outcome = Outcome(name, "train", str(path), str(path / EXPORT_DIR), result["status"],
+                              round(result["seconds"], 3), result.get("error", ""), 1)  # fmt: skip
+            outcomes[name] = outcome
+            events.finished(-1, None, outcome)
+    return [outcomes[name] for name, _ in datasets]

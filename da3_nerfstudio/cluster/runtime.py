@@ -22,9 +22,11 @@ LOOPBACK = "127.0.0.1"
 #: Ray reads this once at import: "0" keeps every address on loopback (see the module docstring).
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 _LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
-#: Ray gives its agents 30 s to start (hard-coded in ray/_private/node.py); on an overloaded machine a first
-#: start can miss that, and a second one usually makes it.
-LOCAL_START_ATTEMPTS = 3
+#: The raylet waits 30 s (RayConfig raylet_start_wait_time_s) for its agents' port files and then aborts; on a
+#: busy machine (measured here: load 12 on 2 cores) the agents' Python start alone takes longer. The local
+#: runtime gives them this long (unless the user set it), and one more try if the first start still fails.
+RAYLET_START_WAIT_S = "180"
+LOCAL_START_ATTEMPTS = 2
 
 
 @dataclass
@@ -61,10 +63,13 @@ def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: int |
     dependencies need protobuf >= 5, which nerfstudio 1.1.5 forbids) and forwards no worker output.
     """
     local = address is None
+    if local:
+        os.environ.setdefault("RAY_raylet_start_wait_time_s", RAYLET_START_WAIT_S)
     ray = import_ray(loopback=local or is_loopback(address))
     if ray.is_initialized():
         raise DA3Error("this process is already connected to Ray; disconnect first")
     for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
+        ours = _children()
         try:
             if local:
                 context = ray.init(
@@ -80,7 +85,8 @@ def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: int |
                 context = ray.init(address=address, log_to_driver=False, configure_logging=False)
             break
         except Exception as err:  # noqa: BLE001 - Ray raises bare Exception when its processes do not come up in time
-            ray.shutdown()  # stops whatever part of a local runtime did start
+            ray.shutdown()
+            _stop(_children() - ours)  # what a failed start left running (ray.shutdown leaves its GCS up)
             if local and attempt < LOCAL_START_ATTEMPTS:
                 continue
             where = (
@@ -108,3 +114,24 @@ def first_line(err: BaseException) -> str:
     """The first line of an error message (Ray's carry remote tracebacks), for one-line reports."""
     text = str(err).strip()
     return text.splitlines()[0][:300] if text else type(err).__name__
+
+
+def _children() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def _stop(pids: set[int]) -> None:
+    """Kill the processes ``pids`` (started by this process) and wait for them."""
+    import psutil
+
+    procs = []
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            proc.kill()
+            procs.append(proc)
+        except psutil.NoSuchProcess:
+            continue
+    psutil.wait_procs(procs, timeout=10)
