@@ -293,3 +293,27 @@ def test_chunks_on_two_workers_equal_the_single_process_result(checkpoint: Path,
             np.testing.assert_allclose(
                 getattr(results[workers], key), getattr(results[None], key), rtol=1e-4, atol=1e-5, err_msg=key
             )
+
+
+def test_batch_trains_and_exports_each_dataset_then_resumes(room_npz: Path, tmp_path: Path) -> None:
+    from da3_nerfstudio.formats.ply import read_splat_ply
+
+    root = tmp_path / "batch"
+    args = ["batch", "--inputs", room_npz, "--output-root", root, "--num-points", "3000", "--num-gaussians", "5000",
+            "--train-iterations", "2", "--workers", "1"]  # fmt: skip
+    watch = Watch(args)
+    code, out, err = watch.wait()
+    assert code == 0, out + err
+    watch.assert_loopback_only()  # no viewer: ns-train runs with --vis tensorboard
+    record = json.loads((root / BATCH_RECORD).read_text())
+    assert [(r["capture"], r["kind"], r["status"]) for r in record["training"]] == [("room", "train", "done")]
+    splat = root / "room" / "export" / "splat.ply"
+    splats = read_splat_ply(splat)
+    assert 0 < len(splats) <= 5000  # the 5000 initial Gaussians, trained (no densification in 2 steps)
+    stamp = splat.stat().st_mtime_ns
+    code, out, err = Watch(args).wait()
+    assert code == 0, out + err
+    assert "Ray" not in out  # everything up to date: no runtime started
+    record = json.loads((root / BATCH_RECORD).read_text())
+    assert record["captures"][0]["status"] == "skipped" and record["training"][0]["status"] == "skipped"
+    assert splat.stat().st_mtime_ns == stamp

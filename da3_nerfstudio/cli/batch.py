@@ -30,12 +30,15 @@ from da3_nerfstudio.cli.process_data import (
     console,
 )
 from da3_nerfstudio.cluster.pool import (
+    EXPORT_DIR,
     Job,
     Outcome,
     PoolEvents,
     default_worker_count,
     run_jobs,
+    run_training,
     start_workers,
+    training_is_current,
     worker_device,
     worker_resources,
 )
@@ -63,6 +66,9 @@ class BatchCommand(_Network):
     """CPUs Ray reserves for each worker."""
     gpus_per_worker: float | None = None
     """GPUs Ray reserves for each worker (default: 1 when the cluster has GPUs, else 0)."""
+    train_iterations: int = 0
+    """Then train each dataset for this many iterations (ns-train da3-splat, one Ray task with the workers'
+    resources each) and export its splats to <dataset>/export/splat.ply (ns-export); 0: no training."""
     data: tyro.conf.Suppress[Path] = Path()
     output_dir: tyro.conf.Suppress[Path] = Path()
     known_poses: tyro.conf.Suppress[Path | None] = None
@@ -72,6 +78,8 @@ class BatchCommand(_Network):
         self._options()
         if self.num_frames_target < 2:
             raise InputError(f"--num-frames-target must be at least 2, got {self.num_frames_target}")
+        if self.train_iterations < 0:
+            raise InputError(f"--train-iterations must be 0 (off) or more, got {self.train_iterations}")
         if self.cpus_per_worker < 0 or (self.gpus_per_worker is not None and self.gpus_per_worker < 0):
             raise InputError("--cpus-per-worker and --gpus-per-worker must not be negative")
         captures = expand_captures(self.inputs)
@@ -84,17 +92,26 @@ class BatchCommand(_Network):
             else:
                 todo.append(job)
         start = time.perf_counter()
-        if todo:
-            rows += self._run(todo)
+        trained: list[Outcome] = []
+        untrained = self.train_iterations and not all(
+            training_is_current(j.output, self.train_iterations) for j in jobs
+        )
+        if todo or untrained:
+            rows, trained = self._run(todo, rows)
+        elif self.train_iterations:
+            trained = [_trained_already(r) for r in rows]
         order = {job.name: i for i, job in enumerate(jobs)}
         rows.sort(key=lambda r: order[r.capture])
-        record = [asdict(r) for r in rows]
+        record = {"captures": [asdict(r) for r in rows], "training": [asdict(r) for r in trained]}
         _write_record(self.output_root / BATCH_RECORD, record, time.perf_counter() - start)
-        _print_table(rows, self.output_root)
-        failed = [r for r in rows if r.status == "failed"]
+        _print_table(rows, f"Batch in {self.output_root}")
+        if trained:
+            _print_table(trained, f"Training ({self.train_iterations} iterations) and export")
+        failed = [r for r in rows + trained if r.status == "failed"]
         if failed:
+            what = ", ".join(r.capture + (" (training)" if r.kind == "train" else "") for r in failed)
             raise DA3Error(
-                f"{len(failed)} of {len(rows)} captures failed ({', '.join(r.capture for r in failed)}); "
+                f"{len(failed)} of {len(rows) + len(trained)} captures failed ({what}); "
                 f"see {self.output_root / BATCH_RECORD}"
             )
         return record
@@ -107,11 +124,14 @@ class BatchCommand(_Network):
         check_output_dir(out, overwrite=self.overwrite, inputs=command._inputs())
         return Job(name, kind, str(path), out, command)
 
-    def _run(self, jobs: list[Job]) -> list[Outcome]:
+    def _run(self, jobs: list[Job], rows: list[Outcome]) -> tuple[list[Outcome], list[Outcome]]:
+        """Captures on the worker pool, then (with --train-iterations) training tasks; (captures, training)."""
         local_cpus = None
         if self.ray_address is None:
             local_cpus = max(os.cpu_count() or 1, int((self.workers or 1) * self.cpus_per_worker + 0.999))
         runtime = connect(self.ray_address, num_cpus=local_cpus)
+        import ray  # after connect(), which sets Ray's loopback switch before the first import
+
         try:
             where = "local Ray runtime" if runtime.local else "Ray cluster"
             console.print(f"{where} at {runtime.address} (node {runtime.node_ip})")
@@ -122,9 +142,22 @@ class BatchCommand(_Network):
             device = worker_device(self.device, gpus)
             for job in jobs:
                 job.command.device = device
-            workers = start_workers(count, self.model, device, cpus, gpus)
-            with _BatchProgress(count, len(jobs)) as events:
-                return run_jobs(jobs, workers, events)
+            if jobs:
+                workers = start_workers(count, self.model, device, cpus, gpus)
+                with _BatchProgress(count, len(jobs)) as events:
+                    rows = rows + run_jobs(jobs, workers, events)
+                for worker in workers:  # their resources go to the training tasks
+                    ray.kill(worker)
+            if not self.train_iterations:
+                return rows, []
+            ready = [(r.capture, Path(r.output)) for r in rows if r.status in ("done", "skipped")]
+            current = [(n, p) for n, p in ready if training_is_current(p, self.train_iterations)]
+            trained = [_trained_already(r) for r in rows if (r.capture, Path(r.output)) in current]
+            todo = [(n, p) for n, p in ready if (n, p) not in current]
+            if todo:
+                with _BatchProgress(0, len(todo)) as events:
+                    trained += run_training(todo, self.train_iterations, cpus, gpus, events)
+            return rows, trained
         finally:
             disconnect()
 
@@ -169,6 +202,13 @@ def _skipped(job: Job, why: str) -> Outcome:
     return Outcome(job.name, job.kind, job.source, str(job.output), "skipped", 0.0, why)
 
 
+def _trained_already(row: Outcome) -> Outcome:
+    out = Path(row.output)
+    return Outcome(
+        row.capture, "train", str(out), str(out / EXPORT_DIR), "skipped", 0.0, "up to date: trained from this dataset"
+    )
+
+
 class _BatchProgress(PoolEvents):
     """One live line per worker plus the overall count and ETA (rich); plain lines without a terminal."""
 
@@ -194,11 +234,12 @@ class _BatchProgress(PoolEvents):
         self.since[worker] = (f"{job.name} ({job.kind}, attempt {job.attempts})", time.perf_counter())
         self._say(f"worker {worker + 1}: {job.name} started (attempt {job.attempts})")
 
-    def finished(self, worker: int, job: Job, outcome: Outcome) -> None:
+    def finished(self, worker: int, job: Job | None, outcome: Outcome) -> None:
         self.since.pop(worker, None)
         self.bars.advance(self.overall)
         tail = f": {outcome.error}" if outcome.error else ""
-        self._say(f"worker {worker + 1}: {job.name} {outcome.status} in {outcome.seconds:.1f} s{tail}")
+        who = f"worker {worker + 1}: " if worker >= 0 else ""
+        self._say(f"{who}{outcome.capture} ({outcome.kind}) {outcome.status} in {outcome.seconds:.1f} s{tail}")
 
     def worker_died(self, worker: int, job: Job, error: str) -> None:
         self.since.pop(worker, None)
@@ -211,18 +252,18 @@ class _BatchProgress(PoolEvents):
             self.bars.update(task, description=f"worker {worker + 1}: {what} {now - since:.0f} s")
 
 
-def _write_record(path: Path, rows: list[dict], seconds: float) -> None:
+def _write_record(path: Path, record: dict, seconds: float) -> None:
     """``batch.json``, atomically (a reader never sees half of it)."""
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "skipped", "failed")}
-    record = {"captures": rows, "counts": counts, "seconds": round(seconds, 3)}
+    counts = {s: sum(r["status"] == s for r in record["captures"]) for s in ("done", "skipped", "failed")}
+    record = {**record, "counts": counts, "seconds": round(seconds, 3)}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
 
-def _print_table(rows: list[Outcome], root: Path) -> None:
-    table = Table(title=f"Batch in {root}")
+def _print_table(rows: list[Outcome], title: str) -> None:
+    table = Table(title=title)
     for column in ("capture", "status", "seconds", "error"):
         table.add_column(column, overflow="fold")
     for r in rows:
