@@ -22,11 +22,10 @@ LOOPBACK = "127.0.0.1"
 #: Ray reads this once at import: "0" keeps every address on loopback (see the module docstring).
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 _LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
-#: The raylet waits 30 s (RayConfig raylet_start_wait_time_s) for its agents' port files and then aborts; on a
-#: busy machine (measured here: load 12 on 2 cores) the agents' Python start alone takes longer. The local
-#: runtime gives them this long (unless the user set it), and one more try if the first start still fails.
-RAYLET_START_WAIT_S = "180"
-LOCAL_START_ATTEMPTS = 2
+#: The raylet waits about 15 s for its agents' port files and then aborts (Ray 2.60, not configurable); on a
+#: busy machine (measured here: load 10-15 on 2 cores) the agents' Python start alone can take longer, so a
+#: failed local start is tried again (twice).
+LOCAL_START_ATTEMPTS = 3
 
 
 @dataclass
@@ -63,8 +62,6 @@ def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: int |
     dependencies need protobuf >= 5, which nerfstudio 1.1.5 forbids) and forwards no worker output.
     """
     local = address is None
-    if local:
-        os.environ.setdefault("RAY_raylet_start_wait_time_s", RAYLET_START_WAIT_S)
     ray = import_ray(loopback=local or is_loopback(address))
     if ray.is_initialized():
         raise DA3Error("this process is already connected to Ray; disconnect first")
