@@ -142,22 +142,38 @@ def run_jobs(jobs: list[Job], workers: list[Any], events: PoolEvents) -> list[Ou
     queue = deque(jobs)
     idle = deque(range(len(workers)))
     running: dict[Any, tuple[int, Job, float]] = {}
+    # A worker whose process died gets work again once Ray has restarted it: a probe that waits for that.
+    probing: dict[Any, int] = {}
     outcomes: dict[str, Outcome] = {}
     restarts: dict[str, int] = {}
     while queue or running:
+        if queue and not (idle or running or probing):
+            job = queue.popleft()
+            gone = "no worker left (each died more often than Ray restarts it)"
+            outcomes[job.name] = Outcome(
+                job.name, job.kind, job.source, str(job.output), "failed", 0.0, gone, job.attempts
+            )
+            continue
         while queue and idle:
             worker, job = idle.popleft(), queue.popleft()
             job.attempts += 1
             running[workers[worker].run.remote(job.command)] = (worker, job, time.perf_counter())
             events.started(worker, job)
-        ready, _ = ray.wait(list(running), num_returns=1, timeout=POLL_S)
+        ready, _ = ray.wait([*running, *probing], num_returns=1, timeout=POLL_S)
         events.tick()
         for ref in ready:
+            if ref in probing:
+                worker = probing.pop(ref)
+                with contextlib.suppress(RayActorError):  # restarted: back to work; else gone for good
+                    ray.get(ref)
+                    idle.append(worker)
+                continue
             worker, job, start = running.pop(ref)
-            idle.append(worker)
             try:
                 result = ray.get(ref)
+                idle.append(worker)
             except RayActorError as err:
+                probing[workers[worker].pid.options(max_task_retries=-1).remote()] = worker
                 remove_stale_staging(job.output)
                 restarts[job.name] = restarts.get(job.name, 0) + 1
                 line = f"worker process died during attempt {job.attempts} ({first_line(err)})"
