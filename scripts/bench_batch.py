@@ -47,11 +47,11 @@ def capture(work: Path, checkpoint: Path, index: int, res: int) -> ImagesCommand
 
 
 def bench(workers: int, captures: int, checkpoint: Path, work: Path, res: int) -> dict[str, float]:
-    import ray
-
     start = time.perf_counter()
     connect(None, num_cpus=max(os.cpu_count() or 1, workers))
     ray_start = time.perf_counter() - start
+    import ray  # after connect(), which sets Ray's loopback switch before the first import
+
     try:
         start = time.perf_counter()
         actors = start_workers(workers, str(checkpoint), "cpu", 1, 0)

@@ -241,10 +241,10 @@ def chunk_runner(
     address: str | None, workers: int | None, model: str, device: str | None
 ) -> Iterator[ActorChunkRunner]:
     """A pool on the cluster at ``address`` (or a local loopback runtime) running one capture's chunks."""
-    import ray
-
     local_cpus = max(os.cpu_count() or 1, workers or 1) if address is None else None
     connect(address, num_cpus=local_cpus)
+    import ray  # after connect(), which sets Ray's loopback switch before the first import
+
     try:
         cpus, gpus = worker_resources(1.0, None)
         actors = start_workers(
