@@ -317,3 +317,20 @@ def test_batch_trains_and_exports_each_dataset_then_resumes(room_npz: Path, tmp_
     record = json.loads((root / BATCH_RECORD).read_text())
     assert record["captures"][0]["status"] == "skipped" and record["training"][0]["status"] == "skipped"
     assert splat.stat().st_mtime_ns == stamp
+
+
+def test_captures_from_paths_and_glob_patterns(tmp_path: Path) -> None:
+    from da3_nerfstudio.cli.batch import expand_captures
+
+    for name in ("b_scene", "a_scene"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "clip.MP4").write_bytes(b"")
+    (tmp_path / "pred.npz").write_bytes(b"")
+    captures = expand_captures([str(tmp_path / "*_scene"), str(tmp_path / "clip.MP4"), str(tmp_path / "*.npz"),
+                                str(tmp_path / "a_scene")])  # fmt: skip
+    assert captures == [
+        ("a_scene", "images", tmp_path / "a_scene"),  # a capture named twice is one capture
+        ("b_scene", "images", tmp_path / "b_scene"),
+        ("clip", "video", tmp_path / "clip.MP4"),
+        ("pred", "predictions", tmp_path / "pred.npz"),
+    ]
