@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -219,13 +220,15 @@ def ray_head(tmp_path: Path):
     processes of this head: ``ray stop`` would stop every Ray runtime of the machine)."""
     port = _free_port()
     temp = Path(f"/tmp/da3t{os.getpid()}")  # Ray's socket paths must stay short
-    env = {**os.environ, LOOPBACK_ENV: "0"}
+    # Token authentication with this test's own token (Ray 2.60 would otherwise use ~/.ray/auth_token if present).
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env = {**os.environ, LOOPBACK_ENV: "0", **auth}
     command = [str(BIN / "ray"), "start", "--head", f"--node-ip-address={LOOPBACK}", f"--port={port}",
                f"--temp-dir={temp}", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=180)
     try:
         assert result.returncode == 0, result.stdout + result.stderr
-        yield f"{LOOPBACK}:{port}", temp
+        yield f"{LOOPBACK}:{port}", temp, auth
     finally:
         head = [p for p in psutil.process_iter(["cmdline"]) if str(temp) in " ".join(p.info["cmdline"] or [])]
         everything = {p.pid: p for h in head for p in [h, *_children(h)]}
@@ -253,8 +256,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_batch_joins_an_explicit_cluster(ray_head: tuple[str, Path], room_npz: Path, tmp_path: Path) -> None:
-    address, temp = ray_head
+def test_batch_joins_an_explicit_cluster(ray_head: tuple[str, Path, dict], room_npz: Path, tmp_path: Path) -> None:
+    address, temp, auth = ray_head
     head = [p for p in psutil.process_iter(["cmdline"]) if str(temp) in " ".join(p.info["cmdline"] or [])]
     listening = {
         (c.laddr.ip, c.laddr.port)
@@ -265,8 +268,15 @@ def test_batch_joins_an_explicit_cluster(ray_head: tuple[str, Path], room_npz: P
     }
     assert listening and {ip for ip, _ in listening} <= LOOPBACK_IPS, listening
     root = tmp_path / "batch"
-    code, out, err = Watch(["batch", "--inputs", room_npz, "--output-root", root, "--ray-address", address,
-                            "--num-points", "3000", "--num-gaussians", "5000"]).wait()  # fmt: skip
+    args = ["batch", "--inputs", room_npz, "--output-root", root, "--ray-address", address, "--num-points", "3000",
+            "--num-gaussians", "5000"]  # fmt: skip
+    code, out, err = Watch(args, env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}).wait()  # a wrong token
+    assert "Traceback" not in out + err
+    assert [line for line in err.splitlines() if line.startswith("error: ")] == [
+        f"error: --ray-address {address}: cannot connect to Ray (Failed to connect to Ray cluster at {address})"
+    ], err
+    assert not (root / "room").exists()
+    code, out, err = Watch(args, env=auth).wait()
     assert code == 0, out + err
     assert f"Ray cluster at {address} (node {LOOPBACK})" in out
     assert records(root)["room"]["status"] == "done"

@@ -219,7 +219,8 @@ class ActorChunkRunner:
             for i, window in enumerate(windows)
         ]
         for ref in refs:
-            yield ray.get(ref)
+            # Arrays from the object store are read-only views; alignment updates the chunk in place.
+            yield {key: np.array(value) for key, value in ray.get(ref).items()}
 
 
 def worker_resources(cpus: float, gpus: float | None) -> tuple[float, float]:

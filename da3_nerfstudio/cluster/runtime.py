@@ -26,6 +26,9 @@ _LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 #: busy machine (measured here: load 10-15 on 2 cores) the agents' Python start alone can take longer, so a
 #: failed local start is tried again (twice).
 LOCAL_START_ATTEMPTS = 3
+#: Ray 2.60 heads use token authentication when a token exists; a driver joining one sends it only when told.
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+AUTH_HINT = "RAY_AUTH_MODE=token and the token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)"
 
 
 @dataclass
@@ -86,10 +89,10 @@ def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: int |
             _stop(_children() - ours)  # what a failed start left running (ray.shutdown leaves its GCS up)
             if local and attempt < LOCAL_START_ATTEMPTS:
                 continue
-            where = (
-                f"--ray-address {address}: cannot connect to Ray" if address else "the local Ray runtime did not start"
-            )
-            raise DA3Error(f"{where} ({first_line(err)})") from None
+            if local:
+                raise DA3Error(f"the local Ray runtime did not start ({first_line(err)})") from None
+            hint = "" if os.environ.get(AUTH_MODE_ENV) else f"; a cluster with token authentication needs {AUTH_HINT}"
+            raise DA3Error(f"--ray-address {address}: cannot connect to Ray ({first_line(err)}){hint}") from None
     node_ip = context.address_info["node_ip_address"]
     if local and node_ip != LOOPBACK:
         ray.shutdown()
