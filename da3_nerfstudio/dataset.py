@@ -35,6 +35,7 @@ import math
 import os
 import re
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -185,7 +186,7 @@ def _classify(folder: Path) -> tuple[list[str], list[str]]:
             in_the_way += [f for f in files if f not in owned]
         elif not any(f in owned for f in files):
             keep.append(entry.name)
-        else:  # a folder of ours that cannot be (files listed outside the writer's names: a hand-edited manifest)
+        else:  # another name holding files of ours and of someone else (a manifest of another version)
             in_the_way += [f for f in files if f not in owned]
     return keep, in_the_way
 
@@ -211,7 +212,7 @@ def staging_folder(out: Path, kind: str) -> Path:
 
 
 def _write_marker(folder: Path, out: Path, moved: list[str]) -> None:
-    marker = {"tool": TOOL, "pid": os.getpid(), "output": out.name, "moved": moved}
+    marker = {"tool": TOOL, "host": socket.gethostname(), "pid": os.getpid(), "output": out.name, "moved": moved}
     tmp = folder / f"{STAGING_MARKER}.tmp"
     tmp.write_text(json.dumps(marker) + "\n", encoding="utf-8")
     os.replace(tmp, folder / STAGING_MARKER)
@@ -225,6 +226,8 @@ def _discard_staging(folder: Path, out: Path) -> bool:
     except (OSError, ValueError):
         marker = None
     if isinstance(marker, dict) and marker.get("tool") == TOOL:
+        if marker.get("host", socket.gethostname()) != socket.gethostname():
+            return False  # another machine's run on a shared file system: its pid means nothing here
         for name in marker.get("moved", []):
             source = folder / name
             if os.path.lexists(source) and out.is_dir() and not os.path.lexists(out / name):
@@ -251,15 +254,34 @@ def remove_stale_staging(out: str | Path) -> list[Path]:
     for entry in out.parent.iterdir():
         match = pattern.match(entry.name)
         if match and entry.is_dir() and not entry.is_symlink() and not _pid_alive(int(match.group(1))):
-            stale.append((_STAGING_KINDS.index(match.group(2)) != 1, entry))
+            stale.append(entry)
     removed = []
-    for _, folder in sorted(stale):  # previous datasets (da3-old) first: they restore a missing output
+    # Previous datasets (da3-old) first: they restore a missing output before moved entries go back into it.
+    for folder in sorted(stale, key=lambda p: not p.name.endswith(".da3-old")):
         if folder.name.endswith(".da3-old") and not os.path.lexists(out):
             os.rename(folder, out)
             removed.append(folder)
         elif _discard_staging(folder, out):
             removed.append(folder)
     return removed
+
+
+def replace_folder(new: Path, out: Path, backup: Path) -> None:
+    """Put folder ``new`` in ``out``'s place; the previous ``out`` ends up at ``new``'s name (for the caller to
+    remove). One atomic exchange where the system has it (Linux renameat2), else two renames through ``backup``
+    (restored on failure; a kill between them leaves ``backup`` for :func:`remove_stale_staging`)."""
+    if not os.path.lexists(out):
+        os.rename(new, out)
+        return
+    if _exchange(new, out):
+        return
+    os.rename(out, backup)
+    try:
+        os.rename(new, out)
+    except BaseException:
+        os.rename(backup, out)
+        raise
+    os.rename(backup, new)
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -317,11 +339,7 @@ def check_output_dir(output_dir: str | Path, *, overwrite: bool = False, inputs:
 def _swap_into_place(stage: Path, out: Path) -> None:
     """Put the finished ``stage`` in ``out``'s place, keeping the user's entries of ``out``; on failure ``out``
     is as it was. The previous dataset ends up at ``stage``'s name (removed by the caller)."""
-    if not out.exists():
-        os.rename(stage, out)
-        (out / STAGING_MARKER).unlink(missing_ok=True)
-        return
-    keep, in_the_way = _classify(out)
+    keep, in_the_way = _classify(out) if out.exists() else ([], [])
     if in_the_way:  # appeared while the dataset was computed
         raise InputError(f"{out}: {in_the_way[0]} appeared where {TOOL} writes its output; nothing was changed")
     _write_marker(stage, out, keep)
@@ -330,15 +348,7 @@ def _swap_into_place(stage: Path, out: Path) -> None:
         for name in keep:
             os.rename(out / name, stage / name)
             moved.append(name)
-        if not _exchange(stage, out):  # two renames; a run killed between them is rolled back by the next run
-            backup = stage.with_name(stage.name.removesuffix(".da3-new") + ".da3-old")
-            os.rename(out, backup)
-            try:
-                os.rename(stage, out)
-            except BaseException:
-                os.rename(backup, out)
-                raise
-            os.rename(backup, stage)
+        replace_folder(stage, out, stage.with_name(stage.name.removesuffix(".da3-new") + ".da3-old"))
     except BaseException:
         for name in reversed(moved):
             os.rename(stage / name, out / name)
@@ -699,6 +709,8 @@ def input_fingerprint(inputs: Sequence[str | Path], settings: Mapping[str, Any])
                 stat = file.stat()
                 name = file.name if file == path else f"{path.name}/{file.name}"
                 entries.append([index, name, stat.st_size, stat.st_mtime_ns])
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such file or folder") from None
         except OSError as err:
             raise InputError(f"{path}: cannot read ({err.strerror or err})") from None
     try:

@@ -22,6 +22,7 @@ import torch
 from da3_nerfstudio.errors import InputError
 from da3_nerfstudio.geometry import align_cameras_sim3, apply_sim3_to_w2c, to_homogeneous
 from da3_nerfstudio.model import DA3Model
+from da3_nerfstudio.model.presets import ModelPreset
 from da3_nerfstudio.prediction import GAUSSIAN_KEYS, Prediction
 from da3_nerfstudio.preprocess import ImageSource, PreprocessedImages, preprocess_images, processed_size
 from da3_nerfstudio.rotation import matrix_to_quat_wxyz, quat_wxyz_to_matrix, rotate_sh
@@ -57,19 +58,47 @@ def available_memory(device: torch.device) -> int:
     return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
-def default_views_per_chunk(model: DA3Model, height: int, width: int, device: torch.device) -> int:
-    """Views per pass that fit in memory.
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device to run on (default: cuda when available, else cpu); one that is not there is an InputError
+    here rather than a deep torch error after the model has loaded."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise InputError(f"device {str(device)!r}: not a torch device (use cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InputError(f"device {str(device)!r}: no CUDA device on this machine (use cpu)")
+        if dev.index is not None and dev.index >= count:
+            raise InputError(f"device {str(device)!r}: this machine has {count} CUDA device(s), up to cuda:{count - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"device {str(device)!r}: MPS is not available on this machine (use cpu)")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"device {str(device)!r}: not supported (use cpu, cuda or cuda:N)")
+    return dev
 
-    60 % of the free device memory (or available RAM on CPU), less the heads' working set
-    (HEAD_CHUNK views x H x W x features x 12 bytes), divided by the per-view backbone memory
-    (tokens x embedding width x 64 bytes); at least enough views to align chunks.
-    """
+
+def pass_memory(preset: ModelPreset, height: int, width: int) -> tuple[int, int]:
+    """(bytes per view kept through the backbone, bytes of the heads' working set) at H x W: tokens x embedding
+    width x 64 bytes, and HEAD_CHUNK views x H x W x features x 12 bytes."""
     from da3_nerfstudio.model.dpt import HEAD_CHUNK
 
-    net = model.preset.nested[0] if model.preset.nested else model.preset.net
+    net = preset.nested[0] if preset.nested else preset.net
     tokens = (height // 14) * (width // 14) + 1
     per_view = tokens * net.backbone.embed_dim * BYTES_PER_TOKEN_CHANNEL
     heads = HEAD_CHUNK * height * width * net.head.features * HEAD_BYTES_PER_PIXEL_FEATURE
+    return per_view, heads
+
+
+def default_views_per_chunk(model: DA3Model, height: int, width: int, device: torch.device) -> int:
+    """Views per pass that fit in memory.
+
+    60 % of the free device memory (or available RAM on CPU), less the heads' working set, divided by the
+    per-view backbone memory (see :func:`pass_memory`); at least enough views to align chunks.
+    """
+    per_view, heads = pass_memory(model.preset, height, width)
     budget = MEMORY_BUDGET * available_memory(device) - heads
     return max(MIN_OVERLAP + 1, int(budget / per_view))
 
@@ -237,9 +266,7 @@ class DA3Predictor:
     """Runs a DA3 model on images; see :meth:`predict`."""
 
     def __init__(self, model_or_name_or_path: DA3Model | str | Path, device: str | torch.device | None = None) -> None:
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         if isinstance(model_or_name_or_path, torch.nn.Module):
             self.model = model_or_name_or_path.to(self.device).eval()
         else:

@@ -44,6 +44,25 @@ def _count_frames(container: av.container.InputContainer, stream: av.VideoStream
     return count
 
 
+def probe_video(video: str | Path) -> tuple[int, int, int]:
+    """(width, height, frame count) of the first video stream from its headers (and packets where the header
+    has no count), without decoding a frame, so options can be checked before any long computation.
+    Width and height are as stored (before the display rotation)."""
+    video = Path(video)
+    with _open(video) as container:
+        if not container.streams.video:
+            raise InputError(f"{video}: no video stream")
+        stream = container.streams.video[0]
+        try:
+            count = _count_frames(container, stream)
+        except av.FFmpegError as err:
+            raise InputError(f"{video}: cannot read video ({' '.join(str(err).split())})") from None
+        width, height = stream.codec_context.width, stream.codec_context.height
+    if count <= 0 or width <= 0 or height <= 0:
+        raise InputError(f"{video}: the video has no frames")
+    return width, height, count
+
+
 def _upright(frame: av.VideoFrame) -> np.ndarray:
     """RGB pixels with the display matrix's rotation (counter-clockwise degrees) applied."""
     rgb = frame.to_ndarray(format="rgb24")
@@ -81,7 +100,10 @@ def extract_frames(
 
             def save(frame: av.VideoFrame) -> None:
                 path = output_dir / f"frame_{len(written) + 1:05d}.png"
-                Image.fromarray(_upright(frame)).save(path, compress_level=1)
+                try:
+                    Image.fromarray(_upright(frame)).save(path, compress_level=1)
+                except OSError as err:  # disk full, quota: one line naming where
+                    raise InputError(f"{path}: cannot write the frame ({err.strerror or err})") from None
                 written.append(path)
                 if progress is not None:
                     progress(len(written), len(wanted))

@@ -37,6 +37,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from da3_nerfstudio.dataset import replace_folder
 from da3_nerfstudio.errors import CheckpointError, DA3Error, InputError
 from da3_nerfstudio.process_exit import exit_process
 
@@ -337,13 +338,8 @@ def _markdown(summary: dict) -> str:
 
 def _swap_in(staging: Path, output: Path) -> None:
     """Replace ``output`` (an earlier demo, checked by :func:`validate`) by ``staging`` with renames only."""
-    old = None
-    if output.exists():
-        old = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.old")
-        os.replace(output, old)
-    os.replace(staging, output)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    replace_folder(staging, output, output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.old"))
+    shutil.rmtree(staging, ignore_errors=True)  # the earlier demo, now at the staging name
 
 
 def print_summary(summary: dict, output: Path) -> None:

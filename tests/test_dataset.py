@@ -429,7 +429,7 @@ def test_input_fingerprint_follows_inputs_and_settings(tmp_path: Path) -> None:
     assert len({first, *changed}) == len(changed) + 1
     (photos / ".DS_Store").write_bytes(b"hidden files are not inputs")
     assert input_fingerprint([photos, known], settings) == changed[-1]
-    with pytest.raises(InputError, match="missing.png: cannot read"):
+    with pytest.raises(InputError, match="missing.png: no such file or folder"):
         input_fingerprint([tmp_path / "missing.png"], settings)
 
 
@@ -462,3 +462,16 @@ def test_dataset_is_current_checks_manifest_files_and_fingerprint(gt: dict, tmp_
         dataset_is_current(out, "f" * 64)[1]
         == f"{out}: not a dataset of da3-process-data (no readable da3/dataset.json)"
     )
+
+
+def test_rerun_without_an_atomic_exchange_keeps_the_users_files(
+    gt: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Systems without renameat2 (macOS, some filesystems) swap with two renames through a .da3-old folder."""
+    out = tmp_path / "out"
+    write_dataset(room_prediction(gt, [0, 1, 2]), out, options=SMALL)
+    (out / "notes.md").write_text("keep me")
+    monkeypatch.setattr(dataset_module, "_exchange", lambda a, b: False)
+    write_dataset(room_prediction(gt, [3, 4]), out, options=SMALL)
+    assert (out / "notes.md").read_text() == "keep me" and leftovers(tmp_path) == []
+    assert len(json.loads((out / "transforms.json").read_text())["frames"]) == 2

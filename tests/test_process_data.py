@@ -291,7 +291,7 @@ def test_unwritable_output(capsys: pytest.CaptureFixture[str], official_npz: Pat
     assert blocker.read_text() == "x"
 
 
-def test_existing_unrelated_folder_needs_overwrite(
+def test_existing_unrelated_folder_needs_overwrite_and_keeps_its_files(
     capsys: pytest.CaptureFixture[str], official_npz: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "thesis"
@@ -302,7 +302,8 @@ def test_existing_unrelated_folder_needs_overwrite(
     assert tree_digest(out) == {"chapter1.tex": sha1(out / "chapter1.tex")}
     code, _, err = run(capsys, "predictions", "--data", official_npz, "--output-dir", out, "--overwrite", *SMALL)
     assert code == 0, err
-    assert not (out / "chapter1.tex").exists() and (out / MANIFEST).is_file()
+    # --overwrite writes the dataset into the folder; the user's file stays.
+    assert (out / "chapter1.tex").read_text() == "\\chapter{Introduction}" and (out / MANIFEST).is_file()
     # The input is never inside what gets replaced, even with --overwrite.
     code, _, err = run(capsys, "predictions", "--data", official_npz, "--output-dir", tmp_path, "--overwrite")
     assert code == 1 and "the output folder contains the input" in err and official_npz.is_file()

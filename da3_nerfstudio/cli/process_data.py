@@ -12,9 +12,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import signal
 import sys
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,19 +34,28 @@ from da3_nerfstudio.dataset import (
     image_header,
     input_fingerprint,
     natural_sorted,
+    remove_stale_staging,
+    staging_folder,
     write_dataset,
 )
 from da3_nerfstudio.errors import DA3Error, InputError
 from da3_nerfstudio.geometry import rescale_intrinsics, to_homogeneous
+from da3_nerfstudio.model.presets import ModelPreset, NetConfig
 from da3_nerfstudio.prediction import CONF_PERCENTILE, Prediction
 
 #: Best geometry that fits about 100 views on a 24 GB GPU (bf16), metric scale; CC BY-NC 4.0.
 DEFAULT_MODEL = "depth-anything/DA3NESTED-GIANT-LARGE-1.1"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
-#: Options that change how a dataset is made, not what it holds: left out of its fingerprint (resume).
-_NOT_IN_RESULT = ("output_dir", "overwrite", "device", "workers", "ray_address")
 #: Without a terminal (e.g. under the Blender add-on) progress is printed as lines at this step.
 _LINE_STEP = 0.05
+#: Per processed pixel of every view, for the memory estimate made before the model loads: what the prediction
+#: keeps (uint8 RGB, float32 depth and confidence, sky flag: 12 bytes) and the dataset writer's point arrays
+#: (float32 xyz, colour, int64 view/row/column: about 50 bytes).
+_KEPT_BYTES_PER_PIXEL = 64
+#: Options that change how a dataset is made, not what it holds: left out of its fingerprint (resume).
+_NOT_IN_RESULT = ("output_dir", "overwrite", "device", "workers", "ray_address")
+#: Options that name inputs: the fingerprint covers those files (names, sizes, mtimes), not where they are.
+_INPUT_OPTIONS = ("data", "images", "known_poses")
 
 DESCRIPTION = (
     "Pose-free dataset preprocessing with Depth Anything 3: cameras, depth, points and initial Gaussians for "
@@ -93,9 +102,11 @@ class _Common:
     data: Path
     """Input: an image folder, a video file, or a predictions .npz (by subcommand)."""
     output_dir: Path
-    """Dataset folder to write (replaced atomically; a folder not written by this tool needs --overwrite)."""
+    """Dataset folder to write (swapped in atomically). A rerun replaces only the files the tool wrote there and
+    keeps everything else (notes, an outputs/ folder)."""
     overwrite: bool = False
-    """Replace an existing non-empty folder even if it was not written by da3-process-data."""
+    """Write into a non-empty folder that was not written by da3-process-data. Its files are still kept: the
+    tool never deletes a file it did not write, and refuses when one is where it writes (e.g. images/)."""
     conf_percentile: float = CONF_PERCENTILE
     """Pixels below this confidence percentile give no points or Gaussians (official rule, floor 1.05)."""
     num_points: int = 200_000
@@ -109,8 +120,14 @@ class _Common:
     def _options(self) -> DatasetOptions:
         if not 0 <= self.conf_percentile <= 100:
             raise InputError(f"--conf-percentile must be within 0..100, got {self.conf_percentile}")
-        if self.num_points < 1 or self.num_gaussians < 1 or self.eval_interval < 0:
-            raise InputError("--num-points and --num-gaussians must be positive, --eval-interval >= 0")
+        if self.num_points < 1:
+            raise InputError(f"--num-points must be at least 1, got {self.num_points}")
+        if self.num_gaussians < 1:
+            raise InputError(f"--num-gaussians must be at least 1, got {self.num_gaussians}")
+        if self.eval_interval < 0 or self.eval_interval == 1:
+            raise InputError(
+                f"--eval-interval must be 0 (evaluate on all views) or at least 2, got {self.eval_interval}"
+            )
         return DatasetOptions(self.conf_percentile, self.num_points, self.num_gaussians, self.eval_interval)
 
     def _settings(self) -> dict:
@@ -118,16 +135,22 @@ class _Common:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 
     def _inputs(self) -> list[Path]:
-        return [self.data]
+        """The files and folders the dataset is made from."""
+        return [p for p in (getattr(self, name, None) for name in _INPUT_OPTIONS) if p is not None]
 
     def fingerprint(self) -> str:
-        """What the dataset is made from (inputs and settings), stored in its manifest: a batch rerun skips a
+        """What the dataset is made from (inputs and settings), stored in its manifest: a rerun can skip a
         dataset whose fingerprint is current (:func:`da3_nerfstudio.dataset.dataset_is_current`)."""
-        settings = {k: v for k, v in self._settings().items() if k not in _NOT_IN_RESULT}
+        settings = {k: v for k, v in self._settings().items() if k not in _NOT_IN_RESULT + _INPUT_OPTIONS}
         return input_fingerprint(self._inputs(), settings)
 
     def _write(
-        self, prediction: Prediction, image_paths: Sequence[Path] | None, timings: dict[str, float], extra: dict
+        self,
+        prediction: Prediction,
+        image_paths: Sequence[Path] | None,
+        timings: dict[str, float],
+        extra: dict,
+        fingerprint: str,
     ) -> DatasetSummary:
         with _Reporter() as report:
             summary = write_dataset(
@@ -137,8 +160,8 @@ class _Common:
                 options=self._options(),
                 overwrite=self.overwrite,
                 progress=report,
-                fingerprint=self.fingerprint(),
                 metadata={"options": self._settings(), **extra, "timings_before_writing": timings},
+                fingerprint=fingerprint,
             )
         summary.timings = {**timings, **summary.timings}
         _print_summary(summary)
@@ -177,10 +200,16 @@ class _Network(_Common):
     """Join this Ray cluster (`auto` or HOST:PORT, e.g. from `ray start --head`) instead of running here."""
 
     def _inputs(self) -> list[Path]:
+        """The inputs, and a local checkpoint folder (other weights, other dataset)."""
         model = Path(self.model)
-        return [self.data, *([self.known_poses] if self.known_poses else []), *([model] if model.is_dir() else [])]
+        return [*super()._inputs(), *([model] if model.is_dir() else [])]
 
     def _check(self) -> None:
+        """Option values, before any input is read."""
+        from da3_nerfstudio.predictor import resolve_device
+
+        self._options()
+        resolve_device(self.device)
         if self.process_res_method.endswith("_crop"):
             raise InputError(
                 f"--process-res-method {self.process_res_method} crops the images, but a dataset needs depth for "
@@ -195,25 +224,78 @@ class _Network(_Common):
         if self.workers is not None and self.workers < 1:
             raise InputError(f"--workers must be at least 1, got {self.workers}")
 
-    def _run(self, image_paths: list[Path], timings: dict[str, float]) -> Prediction:
-        """Load the model and predict (with known cameras when given), with progress and timings."""
+    def _prepare(self, sizes: Sequence[tuple[int, int]], views: int) -> Path:
+        """The checkpoint folder, after checking that its model predicts cameras and that ``views`` images of
+        these ``sizes`` fit in memory at --process-res: all before the model loads."""
+        from da3_nerfstudio.model.loading import read_model_name, resolve_checkpoint
+        from da3_nerfstudio.model.presets import PRESETS
+
+        folder = resolve_checkpoint(self.model)
+        preset = PRESETS[read_model_name(folder)]
+        net = preset.nested[0] if preset.nested else preset.net
+        if not net.camera:
+            raise InputError(
+                f"{self.model}: {preset.name} predicts depth only, without cameras; use a multi-view model "
+                "such as DA3NESTED-GIANT-LARGE-1.1, DA3-LARGE-1.1 or DA3-SMALL"
+            )
+        weights = folder / "model.safetensors"
+        self._check_memory(preset, net, weights.stat().st_size if weights.is_file() else 0, sizes, views)
+        return folder
+
+    def _check_memory(
+        self, preset: ModelPreset, net: NetConfig, weight_bytes: int, sizes: Sequence[tuple[int, int]], views: int
+    ) -> None:
+        """Refuse a run whose estimated memory (weights, one network pass, the prediction of every view) exceeds
+        what the device has available, instead of allocating until the kernel kills the process."""
+        import torch
+
+        from da3_nerfstudio.model.dpt import HEAD_CHUNK
+        from da3_nerfstudio.predictor import MIN_OVERLAP, available_memory, pass_memory, resolve_device
+        from da3_nerfstudio.preprocess import processed_size
+
+        width, height = max(
+            (processed_size(w, h, self.process_res, self.process_res_method) for w, h in set(sizes)),
+            key=lambda size: size[0] * size[1],
+        )
+        per_pass = min(views, self.max_views_per_chunk or MIN_OVERLAP + 1)
+        per_view, heads = pass_memory(preset, height, width)
+        kept = _KEPT_BYTES_PER_PIXEL
+        if self.gaussian_head and net.gs_adapter is not None:  # float32 means, scales, rotation, opacity, harmonics
+            kept += 4 * (3 + 3 + 4 + 1 + 3 * (net.gs_adapter.sh_degree + 1) ** 2)
+        # On the device; the heads run at most HEAD_CHUNK views of a pass at a time.
+        network = weight_bytes + per_pass * per_view + heads * min(per_pass, HEAD_CHUNK) // HEAD_CHUNK
+        results = views * height * width * kept  # in RAM, whatever the device
+        device = resolve_device(self.device)
+        cpu = torch.device("cpu")
+        needs = [(device, network + results)] if device.type == "cpu" else [(device, network), (cpu, results)]
+        for where, need in needs:
+            available = available_memory(where)
+            if need > available:
+                raise InputError(
+                    f"--process-res {self.process_res}: {views} views at {width}x{height} with {preset.name} need "
+                    f"about {need / 2**30:.1f} GiB of {'RAM' if where.type == 'cpu' else where} ({per_pass} views "
+                    f"per pass) but {available / 2**30:.1f} GiB is available; lower --process-res, "
+                    "--max-views-per-chunk or the number of views"
+                )
+
+    def _run(
+        self,
+        folder: Path,
+        image_paths: list[Path],
+        known: tuple[np.ndarray, np.ndarray] | None,
+        timings: dict[str, float],
+    ) -> Prediction:
+        """Load the model from the checked ``folder`` and predict (with ``known`` cameras when given)."""
         from da3_nerfstudio.predictor import shared_predictor
 
-        extrinsics = intrinsics = None
-        if self.known_poses is not None:
-            extrinsics, intrinsics = load_known_poses(self.known_poses, image_paths)
+        extrinsics, intrinsics = known if known is not None else (None, None)
         distributed = self.workers is not None or self.ray_address is not None
         start = time.perf_counter()
         with console.status(f"loading {self.model}"):  # on the workers' devices when distributed; here for planning
-            predictor = shared_predictor(self.model, "cpu" if distributed else self.device)
+            predictor = shared_predictor(str(folder), "cpu" if distributed else self.device)
         timings["load model"] = time.perf_counter() - start
         model = predictor.model
         console.print(f"model {model.name} on {predictor.device} - licence: {model.preset.licence}")
-        if not model.anyview:
-            raise InputError(
-                f"{self.model}: {model.name} predicts depth only, without cameras; use a multi-view model "
-                "such as DA3NESTED-GIANT-LARGE-1.1, DA3-LARGE-1.1 or DA3-SMALL"
-            )
         start = time.perf_counter()
         with contextlib.ExitStack() as stack, _Reporter() as report:
             runner = None
@@ -250,10 +332,13 @@ class ImagesCommand(_Network):
     def main(self) -> DatasetSummary:
         self._check()
         images = list_images(self.data)
-        check_output_dir(self.output_dir, overwrite=self.overwrite, inputs=[self.data])
+        check_output_dir(self.output_dir, overwrite=self.overwrite, inputs=self._inputs())
+        folder = self._prepare([image_header(p)[:2] for p in images], len(images))
+        known = None if self.known_poses is None else load_known_poses(self.known_poses, images)
+        fingerprint = self.fingerprint()
         timings: dict[str, float] = {}
-        prediction = self._run(images, timings)
-        return self._write(prediction, images, timings, self._extra(prediction))
+        prediction = self._run(folder, images, known, timings)
+        return self._write(prediction, images, timings, self._extra(prediction), fingerprint)
 
 
 @dataclass
@@ -264,13 +349,19 @@ class VideoCommand(_Network):
     """Number of frames to extract, evenly spaced over the whole video."""
 
     def main(self) -> DatasetSummary:
-        from da3_nerfstudio.video import extract_frames
+        from da3_nerfstudio.video import extract_frames, frame_indices, probe_video
 
         self._check()
+        if self.num_frames_target < 2:
+            raise InputError(f"--num-frames-target must be at least 2, got {self.num_frames_target}")
         if self.data.is_dir():
             raise InputError(f"{self.data}: is a folder; use `da3-process-data images` for photos")
-        check_output_dir(self.output_dir, overwrite=self.overwrite, inputs=[self.data])
-        frames_dir = self.output_dir.with_name(f".{self.output_dir.name}.{uuid.uuid4().hex[:8]}.frames")
+        width, height, count = probe_video(self.data)
+        check_output_dir(self.output_dir, overwrite=self.overwrite, inputs=self._inputs())
+        folder = self._prepare([(width, height)], len(frame_indices(count, self.num_frames_target)))
+        fingerprint = self.fingerprint()
+        remove_stale_staging(self.output_dir.resolve())
+        frames_dir = staging_folder(self.output_dir.resolve(), "frames")
         timings: dict[str, float] = {}
         try:
             start = time.perf_counter()
@@ -279,8 +370,10 @@ class VideoCommand(_Network):
                     self.data, frames_dir, self.num_frames_target, progress=lambda d, t: report("frames", d, t)
                 )
             timings["frames"] = time.perf_counter() - start
-            prediction = self._run(frames, timings)
-            return self._write(prediction, frames, timings, {**self._extra(prediction), "video": str(self.data)})
+            known = None if self.known_poses is None else load_known_poses(self.known_poses, frames)
+            prediction = self._run(folder, frames, known, timings)
+            extra = {**self._extra(prediction), "video": str(self.data)}
+            return self._write(prediction, frames, timings, extra, fingerprint)
         finally:
             shutil.rmtree(frames_dir, ignore_errors=True)
 
@@ -294,19 +387,17 @@ class PredictionsCommand(_Common):
     """Folder with the original photos (same order, or the names stored in the npz); they are written at
     full resolution with intrinsics rescaled to their size. Default: the npz's processed images."""
 
-    def _inputs(self) -> list[Path]:
-        return [self.data] if self.images is None else [self.data, self.images]
-
     def main(self) -> DatasetSummary:
         self._options()  # bad option values fail before anything is read
         check_output_dir(self.output_dir, overwrite=self.overwrite, inputs=self._inputs())
         prediction = Prediction.load(self.data)
+        fingerprint = self.fingerprint()
         paths = None
         if self.images is not None:
             paths = _match_images(prediction, list_images(self.images, minimum=1), self.images)
         elif not _has_images(self.data):
             raise InputError(f"{self.data}: has no 'image' array; pass --images with the original photos")
-        return self._write(prediction, paths, {}, {"predictions": str(self.data)})
+        return self._write(prediction, paths, {}, {"predictions": str(self.data)}, fingerprint)
 
 
 def _has_images(npz: Path) -> bool:
@@ -395,6 +486,7 @@ def _print_summary(summary: DatasetSummary) -> None:
         "depth files are float32 in the units of the poses: with nerfstudio's own parser use "
         "`nerfstudio-data --depth-unit-scale-factor 1.0` (da3-splat sets it)"
     )
+    console.print(f"wrote {summary.output_dir}", soft_wrap=True)
 
 
 Command = (
@@ -410,17 +502,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     commands = Command | Annotated[BatchCommand, tyro.conf.subcommand("batch")]
     command = tyro.cli(commands, args=argv, prog="da3-process-data", description=DESCRIPTION)
-    logging.basicConfig(level=logging.WARNING, handlers=[RichHandler(console=console, show_path=False)], force=True)
+    # Rich shows the level itself: the record is formatted as its message only (the default format repeated
+    # "WARNING:da3_nerfstudio.preprocess:" after Rich's own "WARNING").
+    handler = RichHandler(console=console, show_path=False, show_time=False)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler], force=True)
     logging.getLogger("da3_nerfstudio").setLevel(logging.INFO)
+    # SIGTERM (a Blender cancel, `kill`, a batch scheduler) unwinds like Ctrl-C, so the staging folders are removed.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         command.main()
     except DA3Error as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # the file system refused (disk full, permissions) outside the dataset writer
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: the output folder was left as it was", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def entrypoint() -> None:
