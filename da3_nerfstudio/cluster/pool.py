@@ -212,15 +212,22 @@ class ActorChunkRunner:
 
     def run(self, windows: Iterable[Any], w2c: np.ndarray | None, options: dict) -> Iterator[dict[str, np.ndarray]]:
         import ray
+        from ray.exceptions import RayError
 
         w2c_ref = ray.put(w2c)
-        refs = [
-            self.workers[i % len(self.workers)].predict_chunk.remote(window, w2c_ref, options)
+        refs = [  # a pass is pure: Ray reruns it when its worker died (after restarting the worker)
+            self.workers[i % len(self.workers)]
+            .predict_chunk.options(max_task_retries=MAX_ATTEMPTS)
+            .remote(window, w2c_ref, options)
             for i, window in enumerate(windows)
         ]
-        for ref in refs:
+        for i, ref in enumerate(refs):
+            try:
+                result = ray.get(ref)
+            except RayError as err:
+                raise DA3Error(f"chunk {i + 1} of {len(refs)} failed on its Ray worker ({first_line(err)})") from None
             # Arrays from the object store are read-only views; alignment updates the chunk in place.
-            yield {key: np.array(value) for key, value in ray.get(ref).items()}
+            yield {key: np.array(value) for key, value in result.items()}
 
 
 def worker_resources(cpus: float, gpus: float | None) -> tuple[float, float]:
