@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	command -v ffmpeg >/dev/null || (apt-get update -qq && apt-get install -y -qq ffmpeg)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,nerfstudio]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,nerfstudio,cluster]'
 	touch $(STAMP)
 
 $(B5STAMP): pyproject.toml

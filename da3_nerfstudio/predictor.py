@@ -7,12 +7,14 @@ Sim(3) fit), chunked inference for many views, and a bf16 backbone on CUDA and o
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -264,6 +266,27 @@ def _concat(parts: list[_Part]) -> _Part:
     )
 
 
+class ChunkRunner(Protocol):
+    """Runs the network passes of :meth:`DA3Predictor.predict` elsewhere (e.g. on a pool of Ray actors, see
+    :mod:`da3_nerfstudio.cluster`); the predictor still plans the chunks and aligns them, so the result is the
+    single-process one."""
+
+    def views_per_chunk(self, height: int, width: int) -> int:
+        """Chunk size when the caller gives none: what fits on the devices that run the passes."""
+        ...
+
+    def run(self, windows: Iterable[_Part], w2c: np.ndarray | None, options: dict) -> Iterator[dict[str, np.ndarray]]:
+        """The result of :meth:`DA3Predictor.predict_chunk` for each window, in order."""
+        ...
+
+
+@functools.lru_cache(maxsize=1)
+def shared_predictor(model: str, device: str | None = None, precision: str = "auto") -> DA3Predictor:
+    """The predictor for ``model`` on ``device``, loaded once per process: a batch worker runs many captures
+    with the model it loaded for the first (one model at a time, so memory holds one)."""
+    return DA3Predictor(model, device=device, precision=precision)
+
+
 class DA3Predictor:
     """Runs a DA3 model on images; see :meth:`predict`."""
 
@@ -295,6 +318,7 @@ class DA3Predictor:
         ref_view_strategy: str = "saddle_balanced",
         max_views_per_chunk: int | None = None,
         progress: Callable[[int, int], None] | None = None,
+        runner: ChunkRunner | None = None,
     ) -> Prediction:
         """Predict depth and cameras for ``images`` (paths, PIL images or uint8 arrays).
 
@@ -304,7 +328,8 @@ class DA3Predictor:
         not condition the network (the official model cannot use them without poses): they are
         ignored with a warning. More views than ``max_views_per_chunk`` (default: what fits in
         memory, see :func:`default_views_per_chunk`) run in overlapping chunks aligned by Sim(3).
-        ``progress(done, total)`` is called after each chunk.
+        ``progress(done, total)`` is called after each chunk. ``runner`` runs the chunks' network passes
+        elsewhere (several workers at once); planning and alignment stay here, so the result is the same.
         """
         n = len(images)
         if n == 0:
@@ -327,7 +352,12 @@ class DA3Predictor:
             raise InputError(f"{self.model.name} has no Gaussian head; use da3-giant or da3nested-giant-large")
 
         height, width = _common_processed_size(images, process_res, process_res_method)
-        size = max_views_per_chunk or default_views_per_chunk(self.model, height or 504, width or 504, self.device)
+        if max_views_per_chunk is not None:
+            size = max_views_per_chunk
+        elif runner is not None:
+            size = runner.views_per_chunk(height or 504, width or 504)
+        else:
+            size = default_views_per_chunk(self.model, height or 504, width or 504, self.device)
         ranges = chunk_ranges(n, size)
         if len(ranges) > 1:
             logger.info(
@@ -335,19 +365,30 @@ class DA3Predictor:
                 n, len(ranges), size,
             )  # fmt: skip
         options = {"infer_gs": infer_gs, "use_ray_pose": use_ray_pose, "ref_view_strategy": ref_view_strategy}
-        chunks, parts = [], []
+        parts: list[_Part] = []
         stream = _preprocess_stream(images, ranges, process_res, process_res_method, K, streaming=height is not None)
-        for i, ((start, stop), part) in enumerate(zip(ranges, stream, strict=True)):
-            parts.append(part)
-            window = _concat([p for p in parts if p.stop > start])
-            chunks.append(self._predict_chunk(_slice(window, start - window.start, stop - window.start), w2c, options))
+
+        def windows() -> Iterator[_Part]:
+            for (start, stop), part in zip(ranges, stream, strict=True):
+                parts.append(part)
+                window = _concat([p for p in parts if p.stop > start])
+                yield _slice(window, start - window.start, stop - window.start)
+
+        passes = (
+            runner.run(windows(), w2c, options)
+            if runner is not None
+            else (self.predict_chunk(window, w2c, options) for window in windows())
+        )
+        chunks = []
+        for i, chunk in enumerate(passes):
+            chunks.append(chunk)
             if progress is not None:
                 progress(i + 1, len(ranges))
         batch = _concat(parts)
         return self._assemble(batch, chunks, ranges, conditioned=w2c is not None)
 
     # ---------------------------------------------------------------- one pass
-    def _predict_chunk(self, batch: _Part, w2c: np.ndarray | None, options: dict) -> dict[str, np.ndarray]:
+    def predict_chunk(self, batch: _Part, w2c: np.ndarray | None, options: dict) -> dict[str, np.ndarray]:
         """Run the network on one chunk; with known cameras, return them in the caller's frame."""
         start, stop = batch.start, batch.stop
         x = batch.tensor[None].to(self.device, non_blocking=True)

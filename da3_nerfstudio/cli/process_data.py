@@ -9,6 +9,7 @@ folder holds ``transforms.json`` (nerfstudio-data), ``colmap/sparse/0``, ``spars
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import signal
@@ -53,7 +54,7 @@ _LINE_STEP = 0.05
 #: (float32 xyz, colour, int64 view/row/column: about 50 bytes).
 _KEPT_BYTES_PER_PIXEL = 64
 #: Options that change how a dataset is made, not what it holds: left out of its fingerprint (resume).
-_NOT_IN_RESULT = ("output_dir", "overwrite", "device")
+_NOT_IN_RESULT = ("output_dir", "overwrite", "device", "workers", "ray_address")
 #: Options that name inputs: the fingerprint covers those files (names, sizes, mtimes), not where they are.
 _INPUT_OPTIONS = ("data", "images", "known_poses")
 
@@ -196,6 +197,11 @@ class _Network(_Common):
     """Cameras from the ray head instead of the camera head (slower, sometimes more accurate)."""
     gaussian_head: bool = True
     """Use the model's Gaussian head for splat_init.ply when it has one (else Gaussians from depth)."""
+    workers: int | None = None
+    """Ray workers, each holding the model: the chunks of one capture (or the captures of `batch`) run on
+    them at once, on a local Ray runtime on 127.0.0.1 or on the cluster of --ray-address."""
+    ray_address: str | None = None
+    """Join this Ray cluster (`auto` or HOST:PORT, e.g. from `ray start --head`) instead of running here."""
 
     def _inputs(self) -> list[Path]:
         """The inputs, and a local checkpoint folder (other weights, other dataset)."""
@@ -219,6 +225,8 @@ class _Network(_Common):
             raise InputError(f"--max-views-per-chunk must be at least 3, got {self.max_views_per_chunk}")
         if self.known_poses is not None and not self.known_poses.exists():
             raise InputError(f"{self.known_poses}: --known-poses file or folder not found")
+        if self.workers is not None and self.workers < 1:
+            raise InputError(f"--workers must be at least 1, got {self.workers}")
 
     def _prepare(self, sizes: Sequence[tuple[int, int]], views: int) -> Path:
         """The checkpoint folder, after checking that its model predicts cameras and that ``views`` images of
@@ -282,17 +290,25 @@ class _Network(_Common):
         timings: dict[str, float],
     ) -> Prediction:
         """Load the model from the checked ``folder`` and predict (with ``known`` cameras when given)."""
-        from da3_nerfstudio.predictor import DA3Predictor
+        from da3_nerfstudio.predictor import shared_predictor
 
         extrinsics, intrinsics = known if known is not None else (None, None)
+        distributed = self.workers is not None or self.ray_address is not None
         start = time.perf_counter()
-        with console.status(f"loading {self.model}"):
-            predictor = DA3Predictor(folder, device=self.device, precision=self.precision)
+        with console.status(f"loading {self.model}"):  # on the workers' devices when distributed; here for planning
+            predictor = shared_predictor(str(folder), "cpu" if distributed else self.device, self.precision)
         timings["load model"] = time.perf_counter() - start
         model = predictor.model
         console.print(f"model {model.name} on {predictor.device} - licence: {model.preset.licence}")
         start = time.perf_counter()
-        with _Reporter() as report:
+        with contextlib.ExitStack() as stack, _Reporter() as report:
+            runner = None
+            if distributed:
+                from da3_nerfstudio.cluster.pool import chunk_runner
+
+                runner = stack.enter_context(
+                    chunk_runner(self.ray_address, self.workers, self.model, self.device, self.precision)
+                )
             prediction = predictor.predict(
                 image_paths,
                 extrinsics,
@@ -303,6 +319,7 @@ class _Network(_Common):
                 use_ray_pose=self.use_ray_pose,
                 max_views_per_chunk=self.max_views_per_chunk,
                 progress=lambda done, total: report("inference", done, total),
+                runner=runner,
             )
         timings["inference"] = time.perf_counter() - start
         return prediction
@@ -489,7 +506,10 @@ Command = (
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default: the command line), run, and return the exit code."""
-    command = tyro.cli(Command, args=argv, prog="da3-process-data", description=DESCRIPTION)
+    from da3_nerfstudio.cli.batch import BatchCommand  # batch.py builds on the commands above
+
+    commands = Command | Annotated[BatchCommand, tyro.conf.subcommand("batch")]
+    command = tyro.cli(commands, args=argv, prog="da3-process-data", description=DESCRIPTION)
     # Rich shows the level itself: the record is formatted as its message only (the default format repeated
     # "WARNING:da3_nerfstudio.preprocess:" after Rich's own "WARNING").
     handler = RichHandler(console=console, show_path=False, show_time=False)
