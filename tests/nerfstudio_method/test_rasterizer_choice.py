@@ -14,7 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from hostile.hostile import assert_one_line_error, run_tool
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hostile"))
+from hostile import assert_one_line_error, run_tool  # noqa: E402
 
 from da3_nerfstudio.errors import InputError
 from da3_nerfstudio.gsplat_kernels import Versions, choose_rasterizer, probe_kernels, select_rasterizer
