@@ -21,10 +21,10 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from da3_nerfstudio.cli.process_data import ImagesCommand
 from da3_nerfstudio.cluster.pool import Job, PoolEvents, run_jobs, start_workers
 from da3_nerfstudio.cluster.runtime import connect, disconnect
 from da3_nerfstudio.model import DA3Model
+from da3_nerfstudio.process import ImagesCommand
 
 SAMPLES = Path(os.environ.get("DA3_SAMPLES", Path(__file__).resolve().parents[2] / "shared" / "samples"))
 

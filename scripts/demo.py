@@ -54,7 +54,7 @@ console = Console(highlight=False, soft_wrap=True)
 
 
 def _default_model() -> str:
-    from da3_nerfstudio.cli.process_data import DEFAULT_MODEL
+    from da3_nerfstudio.model.presets import DEFAULT_MODEL
 
     return os.environ.get("DA3_MODEL", DEFAULT_MODEL)
 

@@ -21,14 +21,6 @@ import tyro
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from da3_nerfstudio.cli.process_data import (
-    IMAGE_SUFFIXES,
-    ImagesCommand,
-    PredictionsCommand,
-    VideoCommand,
-    _Network,
-    console,
-)
 from da3_nerfstudio.cluster.pool import (
     EXPORT_DIR,
     Job,
@@ -45,6 +37,14 @@ from da3_nerfstudio.cluster.pool import (
 from da3_nerfstudio.cluster.runtime import connect, disconnect
 from da3_nerfstudio.dataset import check_output_dir, dataset_is_current
 from da3_nerfstudio.errors import DA3Error, InputError
+from da3_nerfstudio.process import (
+    IMAGE_SUFFIXES,
+    ImagesCommand,
+    PredictionsCommand,
+    VideoCommand,
+    _Network,
+    console,
+)
 
 #: The batch's record, next to the datasets.
 BATCH_RECORD = "batch.json"

@@ -28,13 +28,11 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from da3_nerfstudio.errors import InputError
 from da3_nerfstudio.formats.ply import SplatData, read_point_cloud_ply, read_splat_ply
 from da3_nerfstudio.formats.transforms import read_transforms_json, saved_to_training_frame
+from da3_nerfstudio.model.presets import DEFAULT_MODEL
 from da3_nerfstudio.splat_init import transform_splats
 
 #: Where a plain image folder's dataset is cached (hidden, so the image listing skips it).
 CACHE_DIR = ".da3-dataset"
-#: Default network for plain image folders; same as ``da3-process-data``'s (kept literal so that
-#: ``ns-train --help`` does not import the preprocessing CLI).
-DEFAULT_DA3_MODEL = "depth-anything/DA3NESTED-GIANT-LARGE-1.1"
 #: Camera keys nerfstudio's parser needs on every frame or at the top level (it has no defaults for them).
 NERFSTUDIO_CAMERA_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h")
 #: Datasets already checked by this process: (transforms.json, its mtime, splat_init.ply).
@@ -111,7 +109,7 @@ class DA3DataParserConfig(NerfstudioDataParserConfig):
     """Load ``ply_file_path`` as seed points (used by ``--pipeline.model.init-from sparse_points``)."""
     splat_init_file: Path = Path("splat_init.ply")
     """3DGS PLY of initial Gaussians, relative to the dataset folder, in the frame of the poses."""
-    da3_model: str = DEFAULT_DA3_MODEL
+    da3_model: str = DEFAULT_MODEL
     """When --data is a plain image folder: the DA3 model (Hugging Face repo id or local checkpoint folder)
     that da3-process-data runs to make the dataset cached in DATA/.da3-dataset."""
     da3_process_res: int = 504
@@ -156,8 +154,8 @@ class DA3DataParser(Nerfstudio):
 
     def _preprocessed(self, photos: Path) -> Path:
         """The dataset of a plain image folder: its cache when still valid, else made now by da3-process-data."""
-        from da3_nerfstudio.cli.process_data import list_images, main
         from da3_nerfstudio.dataset import MANIFEST
+        from da3_nerfstudio.process import ImagesCommand, list_images
 
         images = list_images(photos)  # InputError (one line, naming the folder) when there are no photos
         cache = photos / CACHE_DIR
@@ -173,9 +171,10 @@ class DA3DataParser(Nerfstudio):
             f"da3-data: {photos} is a plain image folder; running da3-process-data ({self.config.da3_model}) "
             f"on its {len(images)} photos into {cache}"
         )
-        args = ["images", "--data", str(photos), "--output-dir", str(cache), "--model", self.config.da3_model]
-        if main([*args, "--process-res", str(self.config.da3_process_res)]) != 0:
-            raise InputError(f"{photos}: da3-process-data could not make a dataset of these photos (error above)")
+        command = ImagesCommand(
+            data=photos, output_dir=cache, model=self.config.da3_model, process_res=self.config.da3_process_res
+        )
+        command.main()  # a DA3Error names the photo, option or checkpoint at fault in one line
         return cache
 
     def _load_splat_init(self, path: Path, meta: dict, outputs) -> dict[str, torch.Tensor]:  # noqa: ANN001

@@ -451,7 +451,7 @@ def test_overwrite_writes_into_a_foreign_folder_and_keeps_its_files(
 def test_the_cli_fingerprint_marks_a_dataset_current_until_an_input_changes(
     capsys: pytest.CaptureFixture[str], area: Path
 ) -> None:
-    from da3_nerfstudio.cli.process_data import PredictionsCommand
+    from da3_nerfstudio.process import PredictionsCommand
 
     out = area / "scene"
     args = ["--data", area / "room.npz", "--output-dir", out, "--num-points", "3000", "--num-gaussians", "5000"]
@@ -466,7 +466,7 @@ def test_the_cli_fingerprint_marks_a_dataset_current_until_an_input_changes(
 
 
 def test_the_network_fingerprint_covers_the_checkpoint_and_not_the_device(area: Path, tmp_path: Path) -> None:
-    from da3_nerfstudio.cli.process_data import ImagesCommand
+    from da3_nerfstudio.process import ImagesCommand
 
     model = write_checkpoint(tmp_path / "weights", "da3-small")
     command = ImagesCommand(data=area / "photos", output_dir=area / "out", model=str(model))

@@ -192,11 +192,11 @@ def test_plain_image_folder_is_preprocessed_into_a_cached_dataset(
     from da3_fixtures import write_checkpoint
     from nerfstudio.utils.rich_utils import CONSOLE
 
-    from da3_nerfstudio.cli.process_data import DEFAULT_MODEL
     from da3_nerfstudio.dataset import MANIFEST
+    from da3_nerfstudio.model.presets import DEFAULT_MODEL
     from da3_nerfstudio.nerfstudio_method import dataparser as dp
 
-    assert dp.DEFAULT_DA3_MODEL == DEFAULT_MODEL
+    assert dp.DA3DataParserConfig().da3_model == DEFAULT_MODEL
     if not SOH.is_dir():
         pytest.skip(f"soh samples not found at {SOH} (set DA3_SAMPLES)")
     photos = tmp_path / "photos"
