@@ -24,7 +24,7 @@ from da3_nerfstudio.geometry import align_cameras_sim3, apply_sim3_to_w2c, check
 from da3_nerfstudio.model import DA3Model
 from da3_nerfstudio.model.presets import ModelPreset
 from da3_nerfstudio.prediction import GAUSSIAN_KEYS, Prediction
-from da3_nerfstudio.preprocess import ImageSource, PreprocessedImages, preprocess_images, processed_size
+from da3_nerfstudio.preprocess import ImageSource, PreprocessedImages, image_header, preprocess_images, processed_size
 from da3_nerfstudio.rotation import matrix_to_quat_wxyz, quat_wxyz_to_matrix, rotate_sh
 
 logger = logging.getLogger(__name__)
@@ -177,12 +177,7 @@ def _common_processed_size(images: Sequence[ImageSource], res: int, method: str)
     for src in images:
         try:
             if isinstance(src, str | Path):
-                from PIL import Image
-
-                with Image.open(src) as im:
-                    w, h = im.size
-                    if im.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientations that swap axes
-                        w, h = h, w
+                w, h, _ = image_header(src)  # upright size, by the decoder's EXIF rule
             elif isinstance(src, np.ndarray):
                 h, w = src.shape[:2]
             else:

@@ -9,7 +9,9 @@ pixel coordinates to processed ones, so callers can move intrinsics (``A @ K``) 
 
 :func:`load_image` is the project's one image decoding: the dataset writer calls it too, and copies
 a photo's bytes only where :func:`image_header` says a stock loader reads them identically, so
-nerfstudio trains on the pixels the network saw.
+nerfstudio trains on the pixels the network saw. Input discovery lives here too (:func:`image_header`
+vets a file from its header, :func:`natural_sorted` orders a folder's frames), so every reader of a
+photo's size and orientation follows the decoder's rules.
 """
 
 from __future__ import annotations
@@ -139,6 +141,15 @@ def load_image(src: ImageSource, name: str | None = None) -> np.ndarray:
     if isinstance(src, np.ndarray):
         return _array_to_rgb(src, label)
     raise InputError(f"{label}: unsupported image type {type(src).__name__} (use a path, PIL image or array)")
+
+
+def natural_sorted(paths: Sequence[Path]) -> list[Path]:
+    """Paths in human order (``2.png`` before ``10.png``): the order cameras and video exports number frames."""
+    return sorted(paths, key=lambda p: _natural_key(p.name))
+
+
+def _natural_key(name: str) -> list[int | str]:
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
 
 
 def verify_images(paths: Sequence[str | Path], num_workers: int = 4) -> None:

@@ -21,7 +21,7 @@ from PIL import Image
 from plyfile import PlyData
 from samples import CV_TO_GL, ROOM, room_truth
 
-from da3_nerfstudio import InputError, Prediction
+from da3_nerfstudio import InputError, Prediction, output_folder
 from da3_nerfstudio import dataset as dataset_module
 from da3_nerfstudio.dataset import (
     MANIFEST,
@@ -470,7 +470,7 @@ def test_rerun_without_an_atomic_exchange_keeps_the_users_files(
     out = tmp_path / "out"
     write_dataset(room_prediction(gt, [0, 1, 2]), out, options=SMALL)
     (out / "notes.md").write_text("keep me")
-    monkeypatch.setattr(dataset_module, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(output_folder, "_exchange", lambda a, b: False)
     write_dataset(room_prediction(gt, [3, 4]), out, options=SMALL)
     assert (out / "notes.md").read_text() == "keep me" and leftovers(tmp_path) == []
     assert len(json.loads((out / "transforms.json").read_text())["frames"]) == 2
