@@ -46,52 +46,16 @@ from da3_nerfstudio.formats.ply import SplatData, write_point_cloud_ply, write_s
 from da3_nerfstudio.formats.transforms import frames_from_cameras, write_transforms_json
 from da3_nerfstudio.geometry import rescale_intrinsics
 from da3_nerfstudio.output_folder import (
-    FORMAT_VERSION,
-    MANIFEST,
-    STAGING_MARKER,
-    TOOL,
     check_output_dir,
-    dataset_is_current,
-    input_fingerprint,
-    is_dataset,
-    remove_stale_staging,
-    replace_folder,
     staged_output,
-    staging_folder,
     swap_into_place,
     write_manifest,
 )
-from da3_nerfstudio.points import SparsePoints, sparse_points, voxel_downsample
+from da3_nerfstudio.points import SparsePoints, sparse_points
 from da3_nerfstudio.prediction import CONF_PERCENTILE, Prediction
-from da3_nerfstudio.preprocess import image_header, load_image, natural_sorted
+from da3_nerfstudio.preprocess import image_header, load_image
 from da3_nerfstudio.previews import write_previews
 from da3_nerfstudio.splat_init import splats_from_depth, splats_from_gaussian_head
-
-#: The dataset API in one import for the CLI, batch runners and scripts: the writer, and the output-folder,
-#: input-discovery and point functions that callers use with it (each defined in its own module).
-__all__ = [
-    "FORMAT_VERSION",
-    "MANIFEST",
-    "MAX_AUTO_RESOLUTION",
-    "STAGING_MARKER",
-    "TOOL",
-    "DatasetOptions",
-    "DatasetSummary",
-    "Progress",
-    "check_output_dir",
-    "dataset_is_current",
-    "downscale_factors",
-    "image_header",
-    "input_fingerprint",
-    "is_dataset",
-    "natural_sorted",
-    "remove_stale_staging",
-    "replace_folder",
-    "split_indices",
-    "staging_folder",
-    "voxel_downsample",
-    "write_dataset",
-]
 
 #: nerfstudio-data looks for images_2, images_4, ... while the image's longest side exceeds this.
 MAX_AUTO_RESOLUTION = 1600

@@ -23,22 +23,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from da3_nerfstudio.dataset import (
-    DatasetOptions,
-    DatasetSummary,
-    check_output_dir,
-    image_header,
-    input_fingerprint,
-    natural_sorted,
-    remove_stale_staging,
-    staging_folder,
-    write_dataset,
-)
+from da3_nerfstudio.dataset import DatasetOptions, DatasetSummary, write_dataset
 from da3_nerfstudio.errors import InputError
 from da3_nerfstudio.geometry import rescale_intrinsics, to_homogeneous
 from da3_nerfstudio.model.presets import DEFAULT_MODEL, ModelPreset, NetConfig
+from da3_nerfstudio.output_folder import check_output_dir, input_fingerprint, remove_stale_staging, staging_folder
 from da3_nerfstudio.prediction import CONF_PERCENTILE, Prediction
-from da3_nerfstudio.preprocess import verify_images
+from da3_nerfstudio.preprocess import image_header, natural_sorted, verify_images
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 #: Without a terminal (e.g. under the Blender add-on) progress is printed as lines at this step.
@@ -128,7 +119,7 @@ class _Common:
 
     def fingerprint(self) -> str:
         """What the dataset is made from (inputs and settings), stored in its manifest: a rerun can skip a
-        dataset whose fingerprint is current (:func:`da3_nerfstudio.dataset.dataset_is_current`)."""
+        dataset whose fingerprint is current (:func:`da3_nerfstudio.output_folder.dataset_is_current`)."""
         settings = {k: v for k, v in self._settings().items() if k not in _NOT_IN_RESULT + _INPUT_OPTIONS}
         return input_fingerprint(self._inputs(), settings)
 

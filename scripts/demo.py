@@ -38,8 +38,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from da3_nerfstudio.dataset import replace_folder
 from da3_nerfstudio.errors import CheckpointError, DA3Error, InputError
+from da3_nerfstudio.output_folder import replace_folder
 from da3_nerfstudio.process_exit import exit_process
 
 ROOT = Path(__file__).resolve().parents[1]

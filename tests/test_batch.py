@@ -27,8 +27,8 @@ from test_dataset import leftovers, room_gt, tree_digest
 from da3_nerfstudio import Prediction
 from da3_nerfstudio.cli.batch import BATCH_RECORD
 from da3_nerfstudio.cluster.runtime import LOOPBACK, LOOPBACK_ENV
-from da3_nerfstudio.dataset import MANIFEST
 from da3_nerfstudio.formats.transforms import read_transforms_json
+from da3_nerfstudio.output_folder import MANIFEST
 
 pytestmark = pytest.mark.skipif(
     not (ROOM.is_dir() and SOH.is_dir() and VIDEO.is_file()), reason="sample data not found"

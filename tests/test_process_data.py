@@ -33,10 +33,10 @@ from test_dataset import (
 
 from da3_nerfstudio import Prediction
 from da3_nerfstudio.cli.process_data import main
-from da3_nerfstudio.dataset import MANIFEST
 from da3_nerfstudio.formats.colmap import write_colmap_model
 from da3_nerfstudio.formats.ply import read_point_cloud_ply, read_splat_ply
 from da3_nerfstudio.formats.transforms import frames_from_cameras, read_transforms_json, write_transforms_json
+from da3_nerfstudio.output_folder import MANIFEST
 
 ROOM = SAMPLES / "room_gt"
 pytestmark = pytest.mark.skipif(

@@ -4,7 +4,7 @@ Each capture (a folder of images, a video, a predictions ``.npz``; glob patterns
 ``OUTPUT_ROOT/<capture name>/``, written by the same command object the single-capture subcommand runs, with
 the same settings. Without ``--ray-address`` the workers run on a local Ray runtime bound to 127.0.0.1 (see
 :mod:`da3_nerfstudio.cluster.runtime`). A rerun skips datasets whose manifest fingerprint matches the inputs
-and settings (:func:`da3_nerfstudio.dataset.dataset_is_current`). The run ends with a table and
+and settings (:func:`da3_nerfstudio.output_folder.dataset_is_current`). The run ends with a table and
 ``OUTPUT_ROOT/batch.json``, and fails (exit 1) when any capture failed.
 """
 
@@ -35,8 +35,8 @@ from da3_nerfstudio.cluster.pool import (
     worker_resources,
 )
 from da3_nerfstudio.cluster.runtime import connect, disconnect
-from da3_nerfstudio.dataset import check_output_dir, dataset_is_current
 from da3_nerfstudio.errors import DA3Error, InputError
+from da3_nerfstudio.output_folder import check_output_dir, dataset_is_current
 from da3_nerfstudio.process import (
     IMAGE_SUFFIXES,
     ImagesCommand,

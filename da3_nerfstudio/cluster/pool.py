@@ -3,7 +3,7 @@
 A worker loads its model on first use and keeps it (:func:`da3_nerfstudio.predictor.shared_predictor`),
 so a batch of N captures on K workers loads the model K times, not N. A worker process that dies (kill -9,
 a lost node) is restarted by Ray (``max_restarts``) and its capture is given to the queue again; the
-staging folder it left is removed (:func:`da3_nerfstudio.dataset.remove_stale_staging`), so no half-written
+staging folder it left is removed (:func:`da3_nerfstudio.output_folder.remove_stale_staging`), so no half-written
 dataset remains. A capture that fails on its own input is a result, not a fault: it is reported and the
 other captures go on.
 """
@@ -141,7 +141,7 @@ def run_jobs(jobs: list[Job], workers: list[Any], events: PoolEvents) -> list[Ou
     import ray
     from ray.exceptions import RayActorError
 
-    from da3_nerfstudio.dataset import remove_stale_staging
+    from da3_nerfstudio.output_folder import remove_stale_staging
 
     queue = deque(jobs)
     idle = deque(range(len(workers)))
@@ -276,7 +276,7 @@ TRAIN_STAMP = "trained.json"
 
 def training_is_current(dataset: Path, iterations: int) -> bool:
     """Whether ``dataset/export`` holds splats trained for ``iterations`` on this very dataset (its fingerprint)."""
-    from da3_nerfstudio.dataset import MANIFEST
+    from da3_nerfstudio.output_folder import MANIFEST
 
     try:
         stamp = json.loads((dataset / EXPORT_DIR / TRAIN_STAMP).read_text())
@@ -291,7 +291,7 @@ def train_dataset(dataset: str, iterations: int) -> dict[str, Any]:
     """``ns-train da3-splat`` for ``iterations`` on one dataset (no viewer: it would listen on every interface),
     then ``ns-export gaussian-splat``; the export folder is swapped in whole, with its stamp, so a killed run
     leaves the previous export or none. A Ray task: a worker that dies is retried by Ray."""
-    from da3_nerfstudio.dataset import MANIFEST
+    from da3_nerfstudio.output_folder import MANIFEST
 
     folder = Path(dataset)
     bin_dir = Path(sys.executable).parent

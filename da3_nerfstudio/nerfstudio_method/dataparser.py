@@ -154,7 +154,7 @@ class DA3DataParser(Nerfstudio):
 
     def _preprocessed(self, photos: Path) -> Path:
         """The dataset of a plain image folder: its cache when still valid, else made now by da3-process-data."""
-        from da3_nerfstudio.dataset import MANIFEST
+        from da3_nerfstudio.output_folder import MANIFEST
         from da3_nerfstudio.process import ImagesCommand, list_images
 
         images = list_images(photos)  # InputError (one line, naming the folder) when there are no photos

@@ -26,15 +26,9 @@ from samples import ROOM, SOH, VIDEO, room_truth
 
 from da3_nerfstudio import InputError, Prediction
 from da3_nerfstudio.cli.process_data import main
-from da3_nerfstudio.dataset import (
-    MANIFEST,
-    STAGING_MARKER,
-    DatasetOptions,
-    dataset_is_current,
-    remove_stale_staging,
-    write_dataset,
-)
+from da3_nerfstudio.dataset import DatasetOptions, write_dataset
 from da3_nerfstudio.model import DA3Model
+from da3_nerfstudio.output_folder import MANIFEST, STAGING_MARKER, dataset_is_current, remove_stale_staging
 
 pytestmark = pytest.mark.skipif(
     not (ROOM.is_dir() and SOH.is_dir() and VIDEO.is_file()), reason="sample data not found"

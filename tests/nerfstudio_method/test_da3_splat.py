@@ -192,9 +192,9 @@ def test_plain_image_folder_is_preprocessed_into_a_cached_dataset(
     from da3_fixtures import write_checkpoint
     from nerfstudio.utils.rich_utils import CONSOLE
 
-    from da3_nerfstudio.dataset import MANIFEST
     from da3_nerfstudio.model.presets import DEFAULT_MODEL
     from da3_nerfstudio.nerfstudio_method import dataparser as dp
+    from da3_nerfstudio.output_folder import MANIFEST
 
     assert dp.DA3DataParserConfig().da3_model == DEFAULT_MODEL
     if not SOH.is_dir():
