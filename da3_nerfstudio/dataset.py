@@ -40,6 +40,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from da3_nerfstudio.dataset_options import DatasetOptions
 from da3_nerfstudio.errors import InputError
 from da3_nerfstudio.formats.colmap import write_colmap_model
 from da3_nerfstudio.formats.ply import SplatData, write_point_cloud_ply, write_splat_ply
@@ -52,7 +53,7 @@ from da3_nerfstudio.output_folder import (
     write_manifest,
 )
 from da3_nerfstudio.points import SparsePoints, sparse_points
-from da3_nerfstudio.prediction import CONF_PERCENTILE, Prediction
+from da3_nerfstudio.prediction import Prediction
 from da3_nerfstudio.preprocess import image_header, load_image
 from da3_nerfstudio.previews import write_previews
 from da3_nerfstudio.splat_init import splats_from_depth, splats_from_gaussian_head
@@ -62,21 +63,6 @@ MAX_AUTO_RESOLUTION = 1600
 
 Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``, called as each stage advances."""
-
-
-@dataclass
-class DatasetOptions:
-    """What to write besides the cameras and depth."""
-
-    conf_percentile: float = CONF_PERCENTILE
-    """Confidence percentile below which pixels give no points or Gaussians (official rule, floor 1.05)."""
-    num_points: int = 200_000
-    """Target size of ``sparse_pc.ply`` (voxel-downsampled, most confident pixel per voxel)."""
-    num_gaussians: int = 1_000_000
-    """Most Gaussians in ``splat_init.ply`` (pixels are strided, then randomly thinned to this)."""
-    eval_interval: int = 8
-    """Every N-th view (from N/2) is held out for val/test and gives no points or Gaussians; 0, or too few
-    views, evaluates on all views."""
 
 
 @dataclass

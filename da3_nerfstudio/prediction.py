@@ -26,12 +26,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from da3_nerfstudio.cameras import check_cameras
+from da3_nerfstudio.dataset_options import CONF_PERCENTILE
 from da3_nerfstudio.errors import InputError
 from da3_nerfstudio.formats.atomic import atomic_write
-from da3_nerfstudio.geometry import check_cameras, invert_rigid, opencv_c2w_to_opengl, to_homogeneous, unproject_depth
+from da3_nerfstudio.geometry import invert_rigid, opencv_c2w_to_opengl, to_homogeneous, unproject_depth
 
-#: The official GLB export's confidence rule: threshold = clip(1.05, P40, P90) of the confidences.
-CONF_PERCENTILE = 40.0
+#: The official GLB export's confidence rule: threshold = clip(1.05, P40 (CONF_PERCENTILE), P90) of the confidences.
 CONF_FLOOR = 1.05
 CONF_CEILING_PERCENTILE = 90.0
 GAUSSIAN_KEYS = ("means", "scales", "rotations", "harmonics", "opacities")

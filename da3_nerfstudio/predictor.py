@@ -19,8 +19,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from da3_nerfstudio.cameras import check_cameras
 from da3_nerfstudio.errors import InputError
-from da3_nerfstudio.geometry import align_cameras_sim3, apply_sim3_to_w2c, check_cameras, to_homogeneous
+from da3_nerfstudio.geometry import align_cameras_sim3, apply_sim3_to_w2c, to_homogeneous
 from da3_nerfstudio.model import DA3Model
 from da3_nerfstudio.model.presets import ModelPreset
 from da3_nerfstudio.prediction import GAUSSIAN_KEYS, Prediction

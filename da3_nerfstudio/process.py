@@ -16,20 +16,24 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from da3_nerfstudio.dataset import DatasetOptions, DatasetSummary, write_dataset
+from da3_nerfstudio.dataset_options import DatasetOptions
 from da3_nerfstudio.errors import InputError
-from da3_nerfstudio.geometry import rescale_intrinsics, to_homogeneous
 from da3_nerfstudio.model.presets import DEFAULT_MODEL, ModelPreset, NetConfig
 from da3_nerfstudio.output_folder import check_output_dir, input_fingerprint, remove_stale_staging, staging_folder
-from da3_nerfstudio.prediction import CONF_PERCENTILE, Prediction
 from da3_nerfstudio.preprocess import image_header, natural_sorted, verify_images
+
+# torch-backed modules (the writer, geometry, predictions, the predictor) are imported where they are used, so
+# that `--help` and every check of options and inputs run before torch loads.
+if TYPE_CHECKING:
+    from da3_nerfstudio.dataset import DatasetSummary
+    from da3_nerfstudio.prediction import Prediction
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 #: Without a terminal (e.g. under the Blender add-on) progress is printed as lines at this step.
@@ -86,13 +90,13 @@ class _Common:
     overwrite: bool = False
     """Write into a non-empty folder that was not written by da3-process-data. Its files are still kept: the
     tool never deletes a file it did not write, and refuses when one is where it writes (e.g. images/)."""
-    conf_percentile: float = CONF_PERCENTILE
+    conf_percentile: float = DatasetOptions.conf_percentile
     """Pixels below this confidence percentile give no points or Gaussians (official rule, floor 1.05)."""
-    num_points: int = 200_000
+    num_points: int = DatasetOptions.num_points
     """Target number of points in sparse_pc.ply and colmap/sparse/0 (voxel-downsampled)."""
-    num_gaussians: int = 1_000_000
+    num_gaussians: int = DatasetOptions.num_gaussians
     """Most Gaussians in splat_init.ply."""
-    eval_interval: int = 8
+    eval_interval: int = DatasetOptions.eval_interval
     """Hold out every N-th view for nerfstudio's val/test split; held-out views seed no points or Gaussians
     (0: train and evaluate on all views)."""
 
@@ -131,6 +135,8 @@ class _Common:
         extra: dict,
         fingerprint: str,
     ) -> DatasetSummary:
+        from da3_nerfstudio.dataset import write_dataset
+
         with _Reporter() as report:
             summary = write_dataset(
                 prediction,
@@ -375,6 +381,8 @@ class PredictionsCommand(_Common):
     def main(self) -> DatasetSummary:
         self._options()  # bad option values fail before anything is read
         check_output_dir(self.output_dir, overwrite=self.overwrite, inputs=self._inputs())
+        from da3_nerfstudio.prediction import Prediction
+
         prediction = Prediction.load(self.data)
         fingerprint = self.fingerprint()
         paths = None
@@ -428,6 +436,7 @@ def load_known_poses(path: Path, image_paths: Sequence[Path]) -> tuple[np.ndarra
     folder or a transforms.json, matched to ``image_paths`` by file name."""
     from da3_nerfstudio.formats.colmap import read_colmap_model
     from da3_nerfstudio.formats.transforms import read_transforms_json
+    from da3_nerfstudio.geometry import rescale_intrinsics, to_homogeneous
 
     if path.is_dir():
         model = read_colmap_model(path)

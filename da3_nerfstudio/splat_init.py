@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from da3_nerfstudio.cameras import check_cameras
 from da3_nerfstudio.errors import InputError
 from da3_nerfstudio.formats.ply import SplatData
-from da3_nerfstudio.geometry import check_cameras, unproject_depth
+from da3_nerfstudio.geometry import unproject_depth
 from da3_nerfstudio.rotation import SH_C0, matrix_to_quat_wxyz, rotate_sh
 
 # Opacities are clipped this far inside (0, 1) so their logits stay finite.

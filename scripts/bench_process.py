@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from da3_nerfstudio.dataset import DatasetOptions, write_dataset
+from da3_nerfstudio.dataset import write_dataset
+from da3_nerfstudio.dataset_options import DatasetOptions
 from da3_nerfstudio.model import DA3Model
 from da3_nerfstudio.predictor import DA3Predictor
 from da3_nerfstudio.video import extract_frames

@@ -23,7 +23,8 @@ from samples import CV_TO_GL, ROOM, room_truth
 
 from da3_nerfstudio import InputError, Prediction, output_folder
 from da3_nerfstudio import dataset as dataset_module
-from da3_nerfstudio.dataset import DatasetOptions, downscale_factors, split_indices, write_dataset
+from da3_nerfstudio.dataset import downscale_factors, split_indices, write_dataset
+from da3_nerfstudio.dataset_options import DatasetOptions
 from da3_nerfstudio.formats.ply import read_point_cloud_ply, read_splat_ply
 from da3_nerfstudio.geometry import unproject_depth
 from da3_nerfstudio.output_folder import MANIFEST, dataset_is_current, input_fingerprint

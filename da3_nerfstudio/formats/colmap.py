@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 
+from da3_nerfstudio.cameras import check_cameras
 from da3_nerfstudio.errors import InputError
-from da3_nerfstudio.geometry import check_cameras
 
 # Camera models whose parameters are exactly fx, fy, cx, cy (SIMPLE_PINHOLE shares one focal length).
 _PINHOLE_MODELS = ("PINHOLE", "SIMPLE_PINHOLE")

@@ -3,7 +3,7 @@
 This is the dataset format ``ns-train`` reads through its ``nerfstudio-data`` dataparser: per frame
 an image path, a camera-to-world matrix in **OpenGL/Blender camera axes** (x right, y up, camera
 looking along -z) and pinhole intrinsics in pixels. The project itself works with OpenCV
-world-to-camera poses (x right, y down, z forward); the conversion is :mod:`da3_nerfstudio.geometry`'s
+world-to-camera poses (x right, y down, z forward); the conversion is in :mod:`da3_nerfstudio.cameras`
 (``c2w_gl = inverse(w2c_cv)`` with rotation columns 1 and 2 negated). ``applied_transform``, which
 nerfstudio folds into its recorded dataparser transform, is read here too.
 
@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from da3_nerfstudio.cameras import check_cameras, opencv_w2c_to_opengl_c2w, opengl_c2w_to_opencv_w2c
 from da3_nerfstudio.errors import InputError
 from da3_nerfstudio.formats.atomic import atomic_write
-from da3_nerfstudio.geometry import check_cameras, opencv_w2c_to_opengl_c2w, opengl_c2w_to_opencv_w2c
 
 _INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h", "camera_angle_x", "camera_angle_y")
 _DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")

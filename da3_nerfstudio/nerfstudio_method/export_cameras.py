@@ -27,9 +27,9 @@ from nerfstudio.utils.eval_utils import eval_setup
 from nerfstudio.utils.io import load_from_json
 from nerfstudio.utils.rich_utils import CONSOLE
 
+from da3_nerfstudio.cameras import opengl_c2w_to_opencv_w2c
 from da3_nerfstudio.errors import DA3Error, InputError
 from da3_nerfstudio.formats.transforms import frames_from_cameras, saved_to_training_frame, write_transforms_json
-from da3_nerfstudio.geometry import opengl_c2w_to_opencv_w2c
 
 
 def _dataset_frames(

@@ -26,7 +26,8 @@ from samples import ROOM, SOH, VIDEO, room_truth
 
 from da3_nerfstudio import InputError, Prediction
 from da3_nerfstudio.cli.process_data import main
-from da3_nerfstudio.dataset import DatasetOptions, write_dataset
+from da3_nerfstudio.dataset import write_dataset
+from da3_nerfstudio.dataset_options import DatasetOptions
 from da3_nerfstudio.model import DA3Model
 from da3_nerfstudio.output_folder import MANIFEST, STAGING_MARKER, dataset_is_current, remove_stale_staging
 
