@@ -16,18 +16,35 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import signal
 import struct
 import tempfile
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pycolmap
 
 from da3_nerfstudio.cameras import check_cameras
 from da3_nerfstudio.errors import InputError
+
+
+def _import_pycolmap():  # noqa: ANN202 (the module)
+    """pycolmap, without its side effect on SIGTERM: importing it installs glog's failure handler, which turns
+    SIGTERM into a stack dump and an abort, so a command that imports it late (after setting its own handler
+    to clean up staging folders) would die on SIGTERM without cleaning up."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if in_main_thread else None
+    import pycolmap
+
+    if previous is not None:  # None: set outside Python, nothing to restore
+        signal.signal(signal.SIGTERM, previous)
+    return pycolmap
+
+
+pycolmap = _import_pycolmap()
 
 # Camera models whose parameters are exactly fx, fy, cx, cy (SIMPLE_PINHOLE shares one focal length).
 _PINHOLE_MODELS = ("PINHOLE", "SIMPLE_PINHOLE")
