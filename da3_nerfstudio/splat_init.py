@@ -131,7 +131,7 @@ def splats_from_depth(
         :class:`SplatData` with SH degree 0 (colour as the DC term, C0 = 0.28209479177387814).
 
     Raises :class:`InputError` for non-finite or non-rigid cameras or colours (see
-    :func:`~da3_nerfstudio.geometry.check_cameras`) and when no pixel is kept.
+    :func:`~da3_nerfstudio.cameras.check_cameras`) and when no pixel is kept.
     """
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
