@@ -219,7 +219,7 @@ class Prediction:
 
     def check(self, source: str) -> None:
         """Refuse a prediction no dataset can be built from, in one :class:`InputError` line naming
-        ``source`` and the view: cameras (see :func:`~da3_nerfstudio.geometry.check_cameras`), a view
+        ``source`` and the view: cameras (see :func:`~da3_nerfstudio.cameras.check_cameras`), a view
         without any valid depth pixel (finite, > 0, not sky), non-finite confidences, images that are
         not (N,H,W,3) uint8, or per-pixel maps of another shape than the depth."""
         depth = self.depth
