@@ -93,6 +93,43 @@ def _as_views(array: np.ndarray | Tensor, name: str, ndim: int) -> np.ndarray:
     return a
 
 
+def _view_splats(
+    points: np.ndarray,
+    depth: np.ndarray,
+    colours: np.ndarray,
+    confidence: np.ndarray | None,
+    w2c: np.ndarray,
+    K: np.ndarray,
+    footprint_mult: float,
+    thickness: float,
+    confidence_percentile: float,
+    opacity_range: tuple[float, float],
+) -> dict[str, np.ndarray]:
+    """The Gaussians of one view's sampled pixels (see :func:`splats_from_depth`), as raw arrays."""
+    lo, hi = opacity_range
+    keep = np.isfinite(depth) & (depth > 0)
+    opacity = np.full(depth.shape, hi)
+    if confidence is not None:
+        keep &= np.isfinite(confidence)
+        if confidence_percentile > 0 and keep.any():
+            keep &= confidence >= np.percentile(confidence[keep], confidence_percentile)
+        if keep.sum() > 1:
+            ranks = np.argsort(np.argsort(confidence[keep], kind="stable"), kind="stable") / (keep.sum() - 1)
+            opacity[keep] = lo + (hi - lo) * ranks
+    z = depth[keep]
+    footprint = footprint_mult * z
+    scales = np.stack(
+        [footprint / K[0, 0], footprint / K[1, 1], thickness * footprint / K[:2, :2].diagonal().mean()], axis=-1
+    )
+    return {
+        "means": points[keep],
+        "scales": scales,
+        "rotations": np.broadcast_to(rotmat_to_quat(w2c[:3, :3].T), (len(z), 4)),
+        "opacities": opacity[keep],
+        "rgb": colours[keep],
+    }
+
+
 def splats_from_depth(
     images: np.ndarray | Tensor,
     depths: np.ndarray | Tensor,
@@ -156,35 +193,14 @@ def splats_from_depth(
     rows = np.arange(stride // 2, height, stride)
     cols = np.arange(stride // 2, width, stride)
     points = unproject_depth(deps, ks, poses)  # (V,H,W,3)
-    parts: list[dict[str, np.ndarray]] = []
-    for v in range(n_views):
-        d = deps[v][np.ix_(rows, cols)]
-        keep = np.isfinite(d) & (d > 0)
-        opacity = np.full(d.shape, hi)
-        if confs is not None:
-            c = confs[v][np.ix_(rows, cols)]
-            keep &= np.isfinite(c)
-            if confidence_percentile > 0 and keep.any():
-                keep &= c >= np.percentile(c[keep], confidence_percentile)
-            if keep.sum() > 1:
-                ranks = np.argsort(np.argsort(c[keep], kind="stable"), kind="stable") / (keep.sum() - 1)
-                opacity[keep] = lo + (hi - lo) * ranks
-        z = d[keep]
-        c2w_rot = poses[v, :3, :3].T
-        footprint = scale_mult * stride * z
-        scales = np.stack(
-            [footprint / ks[v, 0, 0], footprint / ks[v, 1, 1], thickness * footprint / ks[v, :2, :2].diagonal().mean()],
-            axis=-1,
+    grid = np.ix_(rows, cols)
+    parts = [
+        _view_splats(
+            points[v][grid], deps[v][grid], colors[v][grid], None if confs is None else confs[v][grid], poses[v],
+            ks[v], scale_mult * stride, thickness, confidence_percentile, opacity_range,
         )
-        parts.append(
-            {
-                "means": points[v][np.ix_(rows, cols)][keep],
-                "scales": scales,
-                "rotations": np.broadcast_to(rotmat_to_quat(c2w_rot), (len(z), 4)),
-                "opacities": opacity[keep],
-                "rgb": colors[v][np.ix_(rows, cols)][keep],
-            }
-        )
+        for v in range(n_views)
+    ]  # fmt: skip
     merged = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
     if not len(merged["means"]):
         raise InputError("splats_from_depth: no pixel has a finite, positive depth (and confidence): no Gaussians")
