@@ -245,11 +245,17 @@ def read_transforms_json(
     return opengl_c2w_to_opencv_w2c(np.stack(c2w_gl)), np.stack(intrinsics), sizes, file_paths
 
 
-def applied_transform(meta: dict[str, Any]) -> np.ndarray:
-    """The 4x4 ``applied_transform`` of a transforms.json (original -> saved coordinates; identity when absent)."""
+def applied_transform(meta: dict[str, Any], source: str | Path = "transforms.json") -> np.ndarray:
+    """The 4x4 ``applied_transform`` of a transforms.json (original -> saved coordinates; identity when absent).
+
+    Raises :class:`InputError` naming ``source`` unless it is a 3x4 matrix of finite numbers.
+    """
     applied = np.eye(4)
     if "applied_transform" in meta:
-        applied[:3] = np.asarray(meta["applied_transform"], dtype=np.float64)
+        values = np.asarray(meta["applied_transform"], dtype=object)
+        if values.shape != (3, 4) or not all(isinstance(v, int | float) and np.isfinite(v) for v in values.flat):
+            raise InputError(f"{source}: applied_transform must be a 3x4 matrix of finite numbers")
+        applied[:3] = values.astype(np.float64)
     return applied
 
 

@@ -27,7 +27,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from da3_nerfstudio.errors import InputError
 from da3_nerfstudio.formats.ply import SplatData, read_point_cloud_ply, read_splat_ply
-from da3_nerfstudio.formats.transforms import read_transforms_json, saved_to_training_frame
+from da3_nerfstudio.formats.transforms import applied_transform, read_transforms_json, saved_to_training_frame
 from da3_nerfstudio.model.presets import DEFAULT_MODEL
 from da3_nerfstudio.splat_init import transform_splats
 
@@ -87,10 +87,7 @@ def check_dataset(meta_path: Path, splat_path: Path, *, load_points: bool) -> No
         unknown = [name for name in meta.get(f"{split}_filenames", []) if name not in names]
         if unknown:
             raise InputError(f"{meta_path}: {split}_filenames lists {unknown[0]}, which is no frame's file_path")
-    if "applied_transform" in meta:
-        applied = np.asarray(meta["applied_transform"], dtype=object)
-        if applied.shape != (3, 4) or not all(isinstance(v, int | float) and np.isfinite(v) for v in applied.flat):
-            raise InputError(f"{meta_path}: applied_transform must be a 3x4 matrix of finite numbers")
+    applied_transform(meta, meta_path)
     if load_points and "ply_file_path" in meta:
         ply = data_dir / str(meta["ply_file_path"])
         read_point_cloud_ply(ply)  # refuses non-finite points itself

@@ -37,7 +37,7 @@ from da3_nerfstudio.dataset import write_dataset
 from da3_nerfstudio.errors import CheckpointError, InputError
 from da3_nerfstudio.formats.colmap import read_colmap_model, write_colmap_model
 from da3_nerfstudio.formats.ply import SplatData, read_point_cloud_ply, read_splat_ply, write_splat_ply
-from da3_nerfstudio.formats.transforms import read_transforms_json
+from da3_nerfstudio.formats.transforms import applied_transform, read_transforms_json
 from da3_nerfstudio.model import DA3Model
 from da3_nerfstudio.prediction import Prediction
 from da3_nerfstudio.predictor import DA3Predictor
@@ -870,3 +870,23 @@ def test_gaussian_head_output_drops_unusable_gaussians_and_refuses_none_left() -
     assert len(splats) == 1 and np.isfinite(splats.scales_log).all()
     gaussians["opacities"][3] = math.inf
     assert_api_error(InputError, lambda: splats_from_gaussian_head(gaussians), "none of the 4 Gaussians")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [[[1, 0, 0, 0], [0, 1, 0, 0]], [[1, 0, 0, float("nan")], [0, 1, 0, 0], [0, 0, 1, 0]],
+     [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, "x"]], "identity", [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, None]]],
+    ids=["2x4", "nan", "string-entry", "string", "null-entry"],
+)  # fmt: skip
+def test_bad_applied_transform_is_one_line(value: object) -> None:
+    """transforms.json's applied_transform is read in one place (the da3-data parser, da3-export-cameras and the
+    demo's .blend all use it) and refused there unless it is a 3x4 matrix of finite numbers."""
+    with pytest.raises(InputError) as info:
+        applied_transform({"applied_transform": value}, "data/transforms.json")
+    assert str(info.value) == "data/transforms.json: applied_transform must be a 3x4 matrix of finite numbers"
+
+
+def test_applied_transform_reads_a_valid_matrix_and_defaults_to_identity() -> None:
+    matrix = [[0, 1, 0, 2], [1, 0, 0, 3], [0, 0, -1, 4]]
+    np.testing.assert_array_equal(applied_transform({"applied_transform": matrix})[:3], matrix)
+    np.testing.assert_array_equal(applied_transform({}), np.eye(4))
