@@ -8,8 +8,8 @@ view-dependent colour stay consistent with the cameras. Depth maps are scaled by
 in :class:`~da3_nerfstudio.nerfstudio_method.dataset.DA3DepthDataset`.
 
 ``--data`` may also be a plain folder of photos: the parser then runs ``da3-process-data images`` into
-a cache folder inside it (:data:`CACHE_DIR`) and trains on that, reusing the cache while it is newer
-than every photo and was made with the same model.
+a cache folder inside it (:data:`CACHE_DIR`) and trains on that, reusing the cache while its manifest's
+fingerprint matches the photos (names, sizes, mtimes) and the settings (model, resolution).
 """
 
 from __future__ import annotations
@@ -150,26 +150,21 @@ class DA3DataParser(Nerfstudio):
         return outputs
 
     def _preprocessed(self, photos: Path) -> Path:
-        """The dataset of a plain image folder: its cache when still valid, else made now by da3-process-data."""
-        from da3_nerfstudio.output_folder import MANIFEST
-        from da3_nerfstudio.process import ImagesCommand, list_images
+        """The dataset of a plain image folder: its cache while it was made from these photos with these settings
+        (the manifest's fingerprint, as ``batch`` resumes), else made now by da3-process-data."""
+        from da3_nerfstudio.output_folder import dataset_is_current
+        from da3_nerfstudio.process import ImagesCommand
 
-        images = list_images(photos)  # InputError (one line, naming the folder) when there are no photos
         cache = photos / CACHE_DIR
-        try:
-            manifest = json.loads((cache / MANIFEST).read_text(encoding="utf-8"))
-            fresh = (cache / MANIFEST).stat().st_mtime > max(p.stat().st_mtime for p in images)
-        except (OSError, ValueError):
-            manifest, fresh = {}, False
-        if fresh and manifest.get("model_source") == self.config.da3_model:
-            CONSOLE.log(f"da3-data: reusing the DA3 dataset cached in {cache} (newer than the photos)")
+        command = ImagesCommand(
+            data=photos, output_dir=cache, model=self.config.da3_model, process_res=self.config.da3_process_res
+        )
+        if dataset_is_current(cache, command.fingerprint())[0]:
+            CONSOLE.log(f"da3-data: reusing the DA3 dataset cached in {cache} (made from these photos and settings)")
             return cache
         CONSOLE.log(
             f"da3-data: {photos} is a plain image folder; running da3-process-data ({self.config.da3_model}) "
-            f"on its {len(images)} photos into {cache}"
-        )
-        command = ImagesCommand(
-            data=photos, output_dir=cache, model=self.config.da3_model, process_res=self.config.da3_process_res
+            f"on its photos into {cache}"
         )
         command.main()  # a DA3Error names the photo, option or checkpoint at fault in one line
         return cache
