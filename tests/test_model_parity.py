@@ -75,7 +75,7 @@ def test_parity(case: str, dtype: torch.dtype, device: str, models: dict, exact_
     intrinsics = torch.from_numpy(data["in_intrinsics"]).to(device, dtype) if "in_intrinsics" in data else None
     x = torch.from_numpy(data["x"]).to(device, dtype)
     with torch.inference_mode():
-        out = model(x, extrinsics, intrinsics, infer_gs="gs_means" in data)
+        out = model(x, extrinsics, intrinsics, infer_gs="gs_means" in data, rays="head_ray" in data)
     keys = compared_arrays(data)
     assert keys, f"case {case} has no outputs to compare"
     for key in keys:
@@ -120,13 +120,30 @@ def test_reference_view_reordering_is_undone(models: dict) -> None:
         assert torch.allclose(permuted[key], saddle[key][:, perm], rtol=1e-9, atol=1e-12), key
 
 
+def test_ray_maps_only_when_asked(models: dict) -> None:
+    """The ray head runs only for ``rays=True`` or ray poses; skipping it changes no other output."""
+    data = load_case("small_pair")
+    model = models["da3-small", torch.float64]
+    x = torch.from_numpy(data["x"]).double()
+    with torch.inference_mode():
+        plain, with_rays = model(x), model(x, rays=True)
+        ray_pose, ray_pose_and_rays = model(x, use_ray_pose=True), model(x, use_ray_pose=True, rays=True)
+    assert "ray" not in plain and "ray_conf" not in plain and "ray" not in ray_pose
+    reference = torch.from_numpy(data["head_ray"]).double()
+    assert (with_rays["ray"].reshape(reference.shape) - reference).abs().max() <= 1e-7 * reference.abs().max()
+    for key in ("depth", "depth_conf", "extrinsics", "intrinsics"):
+        assert torch.equal(plain[key], with_rays[key]), key
+        assert torch.equal(ray_pose[key], ray_pose_and_rays[key]), key
+    assert not torch.allclose(ray_pose["extrinsics"], plain["extrinsics"]), "ray poses come from the ray maps"
+
+
 def test_autocast_keeps_heads_in_float32(models: dict) -> None:
     """Under bf16 autocast only the backbone runs in low precision: outputs are float32 and close
     to the float64 reference (bf16 has 8 bits of mantissa, hence the loose bound)."""
     data = load_case("small_pair")
     model = models["da3-small", torch.float32]
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(torch.from_numpy(data["x"]).float())
+        out = model(torch.from_numpy(data["x"]).float(), rays=True)
     for key in ("depth", "depth_conf", "ray", "extrinsics", "intrinsics"):
         assert out[key].dtype == torch.float32, key
     reference = torch.from_numpy(data["out_depth"]).float()

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from da3_nerfstudio.model.cpu_linear import linear
 from da3_nerfstudio.model.presets import BackboneConfig
 
 REF_VIEW_STRATEGIES = ("first", "middle", "saddle_balanced", "saddle_sim_range")
@@ -32,11 +33,10 @@ class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int, out: int | None = None) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, out or dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return linear(linear(x, self.fc1.weight, self.fc1.bias, gelu=True), self.fc2.weight, self.fc2.bias)
 
 
 class SwiGLUFFN(nn.Module):
@@ -49,8 +49,8 @@ class SwiGLUFFN(nn.Module):
         self.w3 = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        gate, value = self.w12(x).chunk(2, dim=-1)
-        return self.w3(F.silu(gate) * value)
+        gate, value = linear(x, self.w12.weight, self.w12.bias).chunk(2, dim=-1)
+        return linear(F.silu(gate) * value, self.w3.weight, self.w3.bias)
 
 
 #: Tokens per pass through a block's feed-forward network at inference: its 4x-wide hidden layer is then
@@ -111,7 +111,7 @@ class Attention(nn.Module):
         # q, k and v from slices of the packed projection: each is its own tensor, so q and k are freed
         # once normalised and rotated instead of keeping the packed (B, N, 3C) output alive.
         weight, bias = self.qkv.weight, self.qkv.bias
-        q, k, v = (F.linear(x, weight[i * c : (i + 1) * c], bias[i * c : (i + 1) * c]).unflatten(-1, heads)
+        q, k, v = (linear(x, weight[i * c : (i + 1) * c], bias[i * c : (i + 1) * c]).unflatten(-1, heads)
                    for i in range(3))  # fmt: skip
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
@@ -122,7 +122,7 @@ class Attention(nn.Module):
         q, k = q.to(v.dtype), k.to(v.dtype)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         del q, k, v
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+        return linear(out.transpose(1, 2).reshape(b, n, c), self.proj.weight, self.proj.bias)
 
 
 class Block(nn.Module):

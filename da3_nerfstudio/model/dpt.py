@@ -58,7 +58,12 @@ class ResidualConvUnit(nn.Module):
 
 
 class FusionBlock(nn.Module):
-    """RefineNet fusion: add the lateral input (if any), refine, upsample, 1x1 conv."""
+    """RefineNet fusion: add the lateral input (if any), refine, 1x1 conv, upsample.
+
+    The official block upsamples before its 1x1 convolution; a 1x1 convolution commutes with bilinear
+    resampling (per-pixel affine map, interpolation weights summing to one), so it runs here on the
+    2x (up to 4x) smaller input instead.
+    """
 
     def __init__(self, features: int, lateral: bool = True) -> None:
         super().__init__()
@@ -70,7 +75,7 @@ class FusionBlock(nn.Module):
     def forward(self, x: Tensor, lateral: Tensor | None, size: tuple[int, int]) -> Tensor:
         if lateral is not None:
             x = self.resConfUnit1(lateral).add_(x)
-        return self.out_conv(upsample(self.resConfUnit2(x), size))
+        return upsample(self.out_conv(self.resConfUnit2(x)), size)
 
 
 class Permute(nn.Module):
@@ -127,7 +132,8 @@ class DPTBase(nn.Module):
         for k, tokens in enumerate(feats):
             if self.norm is not None:
                 tokens = self.norm(tokens)
-            x = tokens.permute(0, 2, 1).reshape(tokens.shape[0], tokens.shape[2], h, w)
+            # (n, C, h, w) as a channels-last view of the tokens: no copy, and oneDNN's preferred layout.
+            x = tokens.reshape(tokens.shape[0], h, w, tokens.shape[2]).permute(0, 3, 1, 2)
             x = self.projects[k](x)
             if self.pos_embed:
                 x = add_uv_embedding_(x, image_hw[1], image_hw[0])
@@ -176,18 +182,21 @@ class DualDPT(DPTBase):
             for _ in range(4)
         )
 
-    def forward_chunk(self, feats: list[Tensor], h: int, w: int, image_hw: tuple[int, int]) -> dict[str, Tensor]:
+    def forward_chunk(
+        self, feats: list[Tensor], h: int, w: int, image_hw: tuple[int, int], rays: bool = False
+    ) -> dict[str, Tensor]:
+        """Depth (+ the ray map only when ``rays``: its fusion chain and five full-width convolutions are
+        over half of the head's work, and the official model computes them only to drop them unless
+        ray poses are asked for)."""
         H, W = image_hw
         layers = self.pyramid(feats, h, w, image_hw)
         s = self.scratch
         main = s.output_conv2(add_uv_embedding_(upsample(s.output_conv1(self.fuse(layers)), (H, W)), W, H))
-        aux = s.output_conv2_aux[3](add_uv_embedding_(s.output_conv1_aux[3](self.fuse(layers, "_aux")), W, H))
-        return {
-            "depth": main[:, 0].exp(),
-            "depth_conf": main[:, 1].exp() + 1,
-            "ray": aux[:, :6].permute(0, 2, 3, 1),
-            "ray_conf": aux[:, 6].exp() + 1,
-        }
+        out = {"depth": main[:, 0].exp(), "depth_conf": main[:, 1].exp() + 1}
+        if rays:
+            aux = s.output_conv2_aux[3](add_uv_embedding_(s.output_conv1_aux[3](self.fuse(layers, "_aux")), W, H))
+            out.update(ray=aux[:, :6].permute(0, 2, 3, 1), ray_conf=aux[:, 6].exp() + 1)
+        return out
 
 
 class DPT(DPTBase):
@@ -235,22 +244,23 @@ class GSDPT(DPTBase):
 
 
 def run_head_chunked(
-    head: DPTBase, feats: list[Tensor], h: int, w: int, image_hw: tuple[int, int], images: Tensor | None = None
+    head: DPTBase, feats: list[Tensor], h: int, w: int, image_hw: tuple[int, int], **options: Tensor | bool
 ) -> dict[str, Tensor]:
     """Run a head over (B,S,P,C) features in chunks of views; returns (B,S,...) outputs.
 
-    Chunking keeps the head's full-resolution activations to HEAD_CHUNK views at a time.
+    Chunking keeps the head's full-resolution activations to HEAD_CHUNK views at a time. ``options`` go
+    to the head's ``forward_chunk``; tensor options (the GS head's images, (B,S,...)) are chunked too.
     """
     b, s = feats[0].shape[:2]
     flat = [f.flatten(0, 1) for f in feats]
-    flat_images = images.flatten(0, 1) if images is not None else None
+    flat_options = {k: v.flatten(0, 1) if isinstance(v, Tensor) else v for k, v in options.items()}
     pieces: dict[str, list[Tensor]] = {}
     for start in range(0, b * s, HEAD_CHUNK):
-        chunk = [f[start : start + HEAD_CHUNK] for f in flat]
-        if flat_images is not None:
-            out = head.forward_chunk(chunk, h, w, image_hw, flat_images[start : start + HEAD_CHUNK])
-        else:
-            out = head.forward_chunk(chunk, h, w, image_hw)
+        chunk = slice(start, start + HEAD_CHUNK)
+        out = head.forward_chunk(
+            [f[chunk] for f in flat], h, w, image_hw,
+            **{k: v[chunk] if isinstance(v, Tensor) else v for k, v in flat_options.items()},
+        )  # fmt: skip
         for key, value in out.items():
             pieces.setdefault(key, []).append(value)
     return {key: torch.cat(v).reshape(b, s, *v[0].shape[1:]) for key, v in pieces.items()}

@@ -82,6 +82,7 @@ class DA3Net(nn.Module):
         *,
         infer_gs: bool = False,
         use_ray_pose: bool = False,
+        rays: bool = False,
         ref_view_strategy: str = "saddle_balanced",
     ) -> dict[str, Tensor]:
         cfg = self.cfg
@@ -100,7 +101,8 @@ class DA3Net(nn.Module):
         feats = self.backbone(x, camera_tokens, ref_view_strategy)
         with _no_autocast(x.device):
             patches = [p.to(dtype) for p, _ in feats]
-            out = run_head_chunked(self.head, patches, h, w, (height, width))
+            ray_head = {"rays": rays or use_ray_pose} if cfg.head.kind == "dualdpt" else {}
+            out = run_head_chunked(self.head, patches, h, w, (height, width), **ray_head)
             if cfg.camera:
                 if use_ray_pose:
                     b, s = out["ray"].shape[:2]
@@ -108,6 +110,8 @@ class DA3Net(nn.Module):
                         out["ray"].flatten(0, 1), out["ray_conf"].flatten(0, 1), (height, width)
                     )
                     out["extrinsics"], out["intrinsics"] = ext.reshape(b, s, 3, 4), ixt.reshape(b, s, 3, 3)
+                    if not rays:
+                        del out["ray"], out["ray_conf"]
                 else:
                     out["extrinsics"], out["intrinsics"] = decode_pose(
                         self.cam_dec(feats[-1][1].to(dtype)), (height, width)
@@ -216,13 +220,15 @@ class DA3Model(nn.Module):
         *,
         infer_gs: bool = False,
         use_ray_pose: bool = False,
+        rays: bool = False,
         ref_view_strategy: str = "saddle_balanced",
     ) -> dict[str, Tensor]:
         """Run the network on normalised images x (B,S,3,H,W).
 
         ``extrinsics`` (B,S,4,4) world-to-camera OpenCV and ``intrinsics`` (B,S,3,3) in pixels of x
         condition any-view models on known cameras. Returns depth (B,S,H,W) and, by model kind,
-        depth_conf, ray (B,S,8h,8w,6: direction then origin), ray_conf, extrinsics (B,S,3,4)
+        depth_conf, ray (B,S,8h,8w,6: direction then origin) and ray_conf (only with ``rays=True``; any-view
+        models), extrinsics (B,S,3,4)
         world-to-camera, intrinsics (B,S,3,3), sky, gaussians, scale_factor.
         """
         if x.dim() != 5 or x.shape[2] != 3:
@@ -230,6 +236,6 @@ class DA3Model(nn.Module):
         if extrinsics is not None:
             extrinsics = to_homogeneous(extrinsics)
         return self.model(
-            x, extrinsics, intrinsics, infer_gs=infer_gs, use_ray_pose=use_ray_pose,
+            x, extrinsics, intrinsics, infer_gs=infer_gs, use_ray_pose=use_ray_pose, rays=rays,
             ref_view_strategy=ref_view_strategy,
         )  # fmt: skip
