@@ -18,6 +18,7 @@ import torch
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 
 from da3_nerfstudio.errors import DA3Error, InputError
+from da3_nerfstudio.gsplat_kernels import choose_rasterizer, probe_kernels
 
 
 class TrainingDiverged(DA3Error):
@@ -44,7 +45,11 @@ class DA3TrainerConfig(TrainerConfig):
         super().save_config()
 
     def check_inputs(self) -> None:
-        """Raise :class:`InputError` (one line) for a dataset training would fail on or train into NaN."""
+        """Raise :class:`InputError` (one line) for a dataset training would fail on or train into NaN, or a
+        demanded rasterizer that cannot run here (known without loading gsplat's kernels)."""
+        if getattr(self.pipeline.model, "rasterizer", None) == "gsplat":
+            device = self.machine.device_type
+            choose_rasterizer("gsplat", device, probe_kernels() if device == "cuda" else "absent")
         datamanager = self.pipeline.datamanager
         parser_config = datamanager.dataparser
         data = datamanager.data or parser_config.data

@@ -242,6 +242,28 @@ def test_ns_train_refuses_a_broken_dataset_before_writing(
     assert_unchanged(before, data, cwd)  # no outputs/ run folder, no config.yml, the dataset as it was
 
 
+def test_ns_train_refuses_gsplat_without_cuda_before_writing(
+    room: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--pipeline.model.rasterizer gsplat`` where gsplat cannot run: refused before the run folder exists."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    before = snapshot(room, cwd)
+    args = [
+        "da3-splat",
+        "--data",
+        str(room),
+        "--max-num-iterations",
+        "2",
+        *FAST,
+        "--pipeline.model.rasterizer",
+        "gsplat",
+    ]
+    code, out, err = _ns_train_in_process(args, cwd, monkeypatch)
+    assert_one_line_error(code, out, err, "rasterizer gsplat", "needs a CUDA device", "this run is on cpu")
+    assert_unchanged(before, room, cwd)
+
+
 @pytest.mark.parametrize("broken", SUBPROCESS_CASES, indirect=True)
 def test_ns_train_subprocess_refuses_a_broken_dataset(broken: tuple[Path, tuple[str, ...]], tmp_path: Path) -> None:
     data, needles = broken
