@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from da3_nerfstudio.formats.colmap import Observations
 from da3_nerfstudio.prediction import Prediction
 
 #: Finest voxel of the point-cloud downsampling, relative to the cloud's extent (keeps keys in int64).
@@ -27,7 +28,7 @@ class SparsePoints(NamedTuple):
     points: np.ndarray  # (N, 3) world
     colours: np.ndarray  # (N, 3) uint8 RGB
     confidence: np.ndarray  # (N,) float32
-    tracks: list[list[tuple[int, tuple[float, float]]]]
+    tracks: Observations
     """Per point, the view and the pixel (in the written image) it was unprojected from."""
 
 
@@ -99,5 +100,5 @@ def sparse_points(
     keep, _ = voxel_downsample(points, num_points, conf)
     view_index, uv = view_index[keep], np.stack([cols[keep] + 0.5, rows[keep] + 0.5, np.ones(len(keep))], axis=1)
     uv = np.einsum("nij,nj->ni", to_written[view_index], uv)[:, :2]
-    tracks = [[(int(v), (float(u[0]), float(u[1])))] for v, u in zip(view_index, uv, strict=True)]
+    tracks = Observations(np.arange(len(keep)), view_index.astype(np.int64), uv.astype(np.float64))
     return SparsePoints(points[keep], colours[keep], conf[keep].astype(np.float32), tracks)

@@ -24,6 +24,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -55,6 +56,23 @@ Observation = tuple[int, tuple[float, float]]
 """One sighting of a 3D point: (index of the observing image, (u, v) pixel position)."""
 
 
+class Observations(NamedTuple):
+    """All sightings of a model's points as one table (row k: point ``point[k]`` seen by image ``image[k]``
+    at pixel ``uv[k]``), so a model with a sighting per point is assembled without a Python object per
+    sighting."""
+
+    point: np.ndarray  # (K,) int, 0-based point index
+    image: np.ndarray  # (K,) int, 0-based image index
+    uv: np.ndarray  # (K, 2) float64 pixel positions
+
+    @classmethod
+    def from_tracks(cls, tracks: Sequence[Sequence[Observation]]) -> Observations:
+        """The table of per-point lists of sightings (``tracks[i]``: the sightings of point i)."""
+        rows = [(p, image, u, v) for p, sightings in enumerate(tracks) for image, (u, v) in sightings]
+        table = np.array(rows, dtype=np.float64).reshape(-1, 4)
+        return cls(table[:, 0].astype(np.int64), table[:, 1].astype(np.int64), table[:, 2:])
+
+
 @dataclass
 class ColmapModel:
     """The parts of a COLMAP model the project uses, images in ascending COLMAP image-id order."""
@@ -74,7 +92,7 @@ def _build_reconstruction(
     image_names: Sequence[str],
     points: np.ndarray,
     colors: np.ndarray,
-    observations: Sequence[Sequence[Observation]] | None,
+    observations: Observations | None,
 ) -> pycolmap.Reconstruction:
     """Assemble an in-memory reconstruction: one PINHOLE camera and one trivial rig/frame per image."""
     n = len(image_names)
@@ -94,19 +112,19 @@ def _build_reconstruction(
     m = len(points)
     if points.shape != (m, 3) or colors.shape != (m, 3):
         raise ValueError(f"points and colors must have shape (M, 3), got {points.shape} and {colors.shape}")
-    if observations is not None and len(observations) != m:
-        raise ValueError(f"observations must have one entry per point ({m}), got {len(observations)}")
+    obs = observations or Observations(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 2)))
+    if len(obs.point) and (obs.point.min() < 0 or obs.point.max() >= m):
+        raise ValueError(f"observations must refer to the {m} points, got point index {obs.point.max()}")
+    bad = np.flatnonzero((obs.image < 0) | (obs.image >= n))
+    if len(bad):
+        raise ValueError(f"point {obs.point[bad[0]]} is observed by image {obs.image[bad[0]]}, but there are {n}")
 
-    # Keypoints per image, and for every point the (image, keypoint index) pairs of its track.
-    keypoints: list[list[tuple[float, float]]] = [[] for _ in range(n)]
-    tracks: list[list[tuple[int, int]]] = [[] for _ in range(m)]
-    for point_index, sightings in enumerate(observations or ()):
-        for image_index, (u, v) in sightings:
-            if not 0 <= image_index < n:
-                raise ValueError(f"point {point_index} is observed by image {image_index}, but there are {n}")
-            tracks[point_index].append((image_index, len(keypoints[image_index])))
-            keypoints[image_index].append((float(u), float(v)))
-
+    # Each image's keypoints are its sightings in table order; a sighting's keypoint index is its rank there.
+    by_image = np.argsort(obs.image, kind="stable")
+    per_image = np.bincount(obs.image, minlength=n)
+    image_start = np.concatenate([[0], np.cumsum(per_image)])
+    keypoint = np.empty(len(by_image), np.int64)
+    keypoint[by_image] = np.arange(len(by_image)) - image_start[obs.image[by_image]]
     rec = pycolmap.Reconstruction()
     for i in range(n):
         width, height = image_sizes[i]
@@ -121,16 +139,22 @@ def _build_reconstruction(
         rec.add_camera_with_trivial_rig(camera)
         image = pycolmap.Image(
             name=str(image_names[i]),
-            keypoints=np.asarray(keypoints[i], dtype=np.float64).reshape(-1, 2),
+            keypoints=np.ascontiguousarray(obs.uv[by_image[image_start[i] : image_start[i + 1]]], np.float64),
             camera_id=i + 1,
             image_id=i + 1,
         )
         rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(np.asarray(w2c[i, :3, :4], np.float64)))
-    for point_index in range(m):
+    # One track per point (plain Python lists: pybind converts them faster than numpy rows).
+    by_point = np.argsort(obs.point, kind="stable")
+    track_end = np.cumsum(np.bincount(obs.point, minlength=m)).tolist()
+    track_images, track_keypoints = (obs.image[by_point] + 1).tolist(), keypoint[by_point].tolist()
+    start = 0
+    for xyz, rgb, end in zip(points.tolist(), colors.tolist(), track_end, strict=True):
         track = pycolmap.Track()
-        for image_index, keypoint_index in tracks[point_index]:
-            track.add_element(image_index + 1, keypoint_index)
-        rec.add_point3D(points[point_index], track, colors[point_index])
+        for j in range(start, end):
+            track.add_element(track_images[j], track_keypoints[j])
+        start = end
+        rec.add_point3D(xyz, track, rgb)
     return rec
 
 
@@ -142,7 +166,7 @@ def write_colmap_model(
     image_names: Sequence[str],
     points: np.ndarray,
     colors: np.ndarray,
-    observations: Sequence[Sequence[Observation]] | None = None,
+    observations: Observations | Sequence[Sequence[Observation]] | None = None,
 ) -> None:
     """Write a binary COLMAP model (one PINHOLE camera per image) into ``folder``.
 
@@ -154,8 +178,9 @@ def write_colmap_model(
         image_names: image file names, relative to the image folder the model will be used with.
         points: (M,3) world points.
         colors: (M,3) uint8 point colours.
-        observations: per point, the list of its sightings ``(image_index, (u, v))`` with 0-based
-            image indices into the arrays above; ``None`` writes points without tracks.
+        observations: the points' sightings with 0-based image indices into the arrays above, as an
+            :class:`Observations` table or, per point, the list of its ``(image_index, (u, v))``;
+            ``None`` writes points without tracks.
 
     The model is written into a temporary folder inside ``folder`` and each file is then moved into
     place with :func:`os.replace`, so a failure never leaves a half-written model behind. Stale text
@@ -169,8 +194,9 @@ def write_colmap_model(
         image_names,
         np.asarray(points, np.float64),
         np.asarray(colors, np.uint8),
-        observations,
-    )
+        observations if observations is None or isinstance(observations, Observations)
+        else Observations.from_tracks(observations),
+    )  # fmt: skip
     folder = Path(folder)
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
