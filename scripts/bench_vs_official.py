@@ -8,7 +8,11 @@ own process, ours and official alternating (the first of each pair swaps every r
 
 - network: da3-small forward, CPU float32 on both sides (official ``model.forward`` without its autocast),
   for each view count and size; wall time, process CPU time and peak resident memory (the process's peak
-  RSS; ``+MB`` is the part above the RSS just before the forward, i.e. the forward's own working memory);
+  RSS; ``+MB`` is the part above the RSS just before the forward, i.e. the forward's own working memory).
+  Both return the same outputs: depth, confidence and cameras (the official forward also computes the ray
+  maps and drops them unless ``use_ray_pose``; ours computes them only when asked);
+- attention floor: for each network row, the time of its scaled-dot-product-attention calls alone (the
+  same PyTorch kernel on both sides), i.e. the most any float32 implementation on that kernel can gain;
 - end to end: ``da3-process-data images`` (our default precision: auto) against the official
   ``DepthAnything3.inference(..., export_format="colmap")`` on the same photos (frames of the sample video)
   and checkpoint, whole processes (interpreter start-up, imports, loading, inference, writing);
@@ -159,6 +163,28 @@ def child_network(impl: str, views: int, height: int, width: int, runs: int) -> 
         "forward_mb": peak - loaded_rss,
         "threads": torch.get_num_threads(),
     }
+
+
+def child_attention(views: int, height: int, width: int) -> dict:
+    """One process: only the scaled-dot-product-attention calls of a da3-small forward (8 per-view blocks, 4
+    global ones), on random q/k/v of their exact shapes. Both implementations make exactly these calls
+    (PyTorch's fused CPU kernel), so official time / this time bounds any float32 speed-up."""
+    import torch
+    import torch.nn.functional as F
+
+    heads, head_dim, local_blocks, global_blocks = 6, 64, 8, 4
+    tokens = (height // 14) * (width // 14) + 1
+    generator = torch.Generator().manual_seed(0)
+
+    def attend(batch: int, n: int) -> float:
+        q, k, v = (torch.randn(batch, heads, n, head_dim, generator=generator) for _ in range(3))
+        start = time.perf_counter()
+        F.scaled_dot_product_attention(q, k, v)
+        return time.perf_counter() - start
+
+    attend(1, 256)  # warm-up
+    seconds = local_blocks * attend(views, tokens) + global_blocks * attend(1, views * tokens)
+    return {"seconds": seconds}
 
 
 def build_official_net(preset: str) -> object:
@@ -346,6 +372,30 @@ def bench_network(views: list[int], sizes: list[tuple[int, int]], rounds: int) -
     return rows
 
 
+def bench_attention(rows: list[dict]) -> list[dict]:
+    """The attention floor of each network row: its SDPA calls alone, against the official forward time."""
+    out = []
+    for row in rows:
+        width, height = (int(v) for v in row["size"].split("x"))
+        res = child([sys.executable, __file__, "--child-attention", str(row["views"]), str(height), str(width)])
+        official = row["official"]["seconds"]
+        entry = {
+            "size": row["size"],
+            "views": row["views"],
+            "seconds": res["seconds"],
+            "share_of_official": res["seconds"] / official,
+            "speedup_ceiling": official / res["seconds"],
+        }
+        out.append(entry)
+        print(
+            f"ATTN {row['size']} views={row['views']:2d}: attention alone {res['seconds']:7.2f} s = "
+            f"{entry['share_of_official']:.0%} of the official forward: no float32 forward on PyTorch's attention "
+            f"kernel can be more than {entry['speedup_ceiling']:.2f}x faster",
+            flush=True,
+        )
+    return out
+
+
 def bench_end_to_end(views: list[int], rounds: int, work: Path) -> list[dict]:
     rows = []
     tool = Path(sys.executable).with_name("da3-process-data")
@@ -433,7 +483,7 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["504x378", "378x280"], help="WIDTHxHEIGHT")
     parser.add_argument("--e2e-views", type=int, nargs="*", default=[8, 32])
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per measurement")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["network", "e2e", "startup"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["network", "attention", "e2e", "startup"])
     parser.add_argument("--gpu", action="store_true", help="the CUDA table (random weights) instead of the CPU runs")
     parser.add_argument("--gpu-preset", default="da3nested-giant-large")
     parser.add_argument("--gpu-views", type=int, nargs="+", default=[1, 10, 50, 100, 200])
@@ -443,6 +493,7 @@ def main() -> None:
     parser.add_argument("--child-gpu", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     parser.add_argument("--child-official-e2e", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--child-attention", nargs=3, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     global OFFICIAL_DIR
     OFFICIAL_DIR = args.official_dir or OFFICIAL_DIR
@@ -456,6 +507,9 @@ def main() -> None:
     if args.child:
         impl, *numbers = args.child
         print(json.dumps(child_network(impl, *map(int, numbers))))
+        return
+    if args.child_attention:
+        print(json.dumps(child_attention(*args.child_attention)))
         return
     if args.child_official_e2e:
         child_official_e2e(*map(Path, args.child_official_e2e))
@@ -484,6 +538,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_vs_official_") as tmp:
         if "network" not in args.skip:
             result["network"] = bench_network(args.views, sizes, args.rounds)
+            if "attention" not in args.skip:
+                result["attention"] = bench_attention(result["network"])
         if "e2e" not in args.skip and args.e2e_views:
             result["end_to_end"] = bench_end_to_end(args.e2e_views, args.rounds, Path(tmp))
         if "startup" not in args.skip:

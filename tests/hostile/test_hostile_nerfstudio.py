@@ -482,3 +482,32 @@ def test_export_cameras_ends_with_the_path_it_wrote(run: tuple[Path, str], tmp_p
     last = [line for line in out.splitlines() if line.strip()][-1]
     assert str(output) in last.replace("\n", "")
     assert len(json.loads(output.read_text())["frames"]) == 8
+
+
+# -- nerfstudio's own tools (ns-eval, ns-export) on a dataset broken after training ----------------------------
+
+
+@pytest.mark.parametrize("tool", ["ns-eval", "ns-export"])
+def test_nerfstudio_tools_on_a_broken_dataset_say_one_line(
+    tool: str, run: tuple[Path, str], room: Path, tmp_path: Path
+) -> None:
+    """Our dataparser's error reaches the user of nerfstudio's own scripts as one line, not a traceback."""
+    import yaml
+
+    folder, _ = run
+    cwd = folder.parents[3]  # where ns-train ran: config.yml's paths are relative to it
+    data = tmp_path / "data"
+    shutil.copytree(room, data)
+    BROKEN["json-syntax"][0](data)
+    config = yaml.load((folder / "config.yml").read_text(), Loader=yaml.Loader)
+    config.data = config.pipeline.datamanager.data = data
+    config_path = tmp_path / "config.yml"
+    config_path.write_text(yaml.dump(config))
+    before = snapshot(data, cwd)
+    if tool == "ns-eval":
+        args = ["ns-eval", "--load-config", config_path, "--output-path", tmp_path / "eval.json"]
+    else:
+        args = ["ns-export", "gaussian-splat", "--load-config", config_path, "--output-dir", tmp_path / "export"]
+    code, out, err = run_tool(args, cwd=cwd, env=ENV)
+    assert_one_line_error(code, out, err, "transforms.json", "not valid JSON")
+    assert_unchanged(before, data, cwd)
