@@ -144,12 +144,12 @@ def _build_reconstruction(
             image_id=i + 1,
         )
         rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(np.asarray(w2c[i, :3, :4], np.float64)))
-    # One track per point (plain Python lists: pybind converts them faster than numpy rows).
+    # One track per point; coordinates and colours go to pybind as numpy rows (faster than Python lists).
     by_point = np.argsort(obs.point, kind="stable")
     track_end = np.cumsum(np.bincount(obs.point, minlength=m)).tolist()
     track_images, track_keypoints = (obs.image[by_point] + 1).tolist(), keypoint[by_point].tolist()
     start = 0
-    for xyz, rgb, end in zip(points.tolist(), colors.tolist(), track_end, strict=True):
+    for xyz, rgb, end in zip(points, colors, track_end, strict=True):
         track = pycolmap.Track()
         for j in range(start, end):
             track.add_element(track_images[j], track_keypoints[j])

@@ -273,7 +273,7 @@ def write_splat_ply(path: str | os.PathLike[str], splats: SplatData) -> None:
     """Write splats in the INRIA 3DGS PLY layout (binary little-endian, float32, raw values)."""
     n = len(splats)
     # Channel-major f_rest: f_rest_{c*K + k} holds colour c, coefficient k+1.
-    rest = splats.sh_rest.transpose(0, 2, 1).reshape(n, -1)
+    rest = splats.sh_rest.transpose(0, 2, 1).reshape(n, 3 * splats.sh_rest.shape[1])
     columns = np.concatenate(
         [
             splats.means,
@@ -287,9 +287,8 @@ def write_splat_ply(path: str | os.PathLike[str], splats: SplatData) -> None:
         axis=1,
     )
     names = _splat_property_names(rest.shape[1])
-    vertices = np.empty(n, dtype=[(name, "<f4") for name in names])
-    for i, name in enumerate(names):
-        vertices[name] = columns[:, i]
+    # Every property is float32, so the row-major float32 table already is the vertex records' bytes.
+    vertices = np.ascontiguousarray(columns, dtype="<f4").view([(name, "<f4") for name in names]).reshape(n)
     _write_vertices(path, vertices, comments=["da3_nerfstudio gaussian splats"])
 
 
