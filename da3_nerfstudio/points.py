@@ -20,6 +20,8 @@ from da3_nerfstudio.prediction import Prediction
 _MIN_VOXEL_FRACTION = 2.0**-20
 #: The downsampled cloud is accepted when it has between this fraction of the target and the target.
 _POINT_COUNT_TOLERANCE = 0.9
+#: Voxel grids up to this many cells are counted with a bitmap (one byte per cell) instead of by sorting.
+_MAX_BITMAP_CELLS = 1 << 26
 
 
 class SparsePoints(NamedTuple):
@@ -63,8 +65,18 @@ def voxel_downsample(
     count_lo = count_hi = None
     x = math.log(extent / math.sqrt(target))  # a surface fills about (extent / size)^2 voxels
     last_side = ""
+
+    def occupied_voxels(size: float) -> int:
+        keys = voxel_keys(size)
+        cells = int(keys.max()) + 1
+        if cells > _MAX_BITMAP_CELLS:
+            return len(np.unique(keys))
+        occupied = np.zeros(cells, bool)  # a bitmap of the grid counts in one pass, without sorting
+        occupied[keys] = True
+        return int(np.count_nonzero(occupied))
+
     for _ in range(max_iterations):
-        occupied = len(np.unique(voxel_keys(math.exp(x))))
+        occupied = occupied_voxels(math.exp(x))
         count = math.log(occupied)
         if occupied > target:
             lo, count_lo, side = x, count, "lo"

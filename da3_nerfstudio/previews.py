@@ -7,7 +7,9 @@ trains on the dataset. Nothing reads these files back.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -30,7 +32,8 @@ def write_previews(
     after each view."""
     folder.mkdir(parents=True, exist_ok=True)
     valid = pred.valid_mask(0.0)
-    for i in range(len(pred)):
+
+    def write_view(i: int) -> None:
         stem = f"frame_{i + 1:05d}"
         # Inverse depth spreads near and far structure evenly over the colour map.
         inverse = np.where(valid[i], 1.0 / np.maximum(pred.depth[i], 1e-12), 0.0)
@@ -40,8 +43,12 @@ def write_previews(
                 str(folder / f"{stem}_confidence.png"),
                 _colourise(pred.conf[i], np.isfinite(pred.conf[i]), cv2.COLORMAP_VIRIDIS),
             )
-        if progress is not None:
-            progress(i + 1, len(pred))
+
+    # Several views at a time: PNG encoding and most of the colouring release the GIL.
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for done, _ in enumerate(pool.map(write_view, range(len(pred))), 1):
+            if progress is not None:
+                progress(done, len(pred))
     cv2.imwrite(str(folder / "cameras_top.png"), _top_view(points.astype(np.float64), colours, pred.c2w_opencv()))
 
 

@@ -332,6 +332,19 @@ def test_voxel_downsample_keeps_the_best_point_per_voxel() -> None:
     assert len(all_kept) == 100 and zero == 0
 
 
+def test_voxel_counts_by_bitmap_and_by_sorting_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The voxel search counts small grids with a bitmap and large ones by sorting: the same choice either way."""
+    from da3_nerfstudio import points as points_module
+
+    rng = np.random.default_rng(2)
+    cloud = rng.normal(size=(50_000, 3)) * [4.0, 1.0, 0.2]
+    priority = rng.uniform(size=len(cloud))
+    by_bitmap = voxel_downsample(cloud, 2_000, priority)
+    monkeypatch.setattr(points_module, "_MAX_BITMAP_CELLS", 0)
+    by_sorting = voxel_downsample(cloud, 2_000, priority)
+    assert np.array_equal(by_bitmap[0], by_sorting[0]) and by_bitmap[1] == by_sorting[1]
+
+
 def test_split_holds_out_every_eighth_view() -> None:
     assert split_indices(16, 8) == ([i for i in range(16) if i not in (4, 12)], [4, 12])
     assert split_indices(3, 8) == ([0, 1, 2], [0, 1, 2])
