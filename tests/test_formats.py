@@ -16,7 +16,7 @@ from samples import CV_TO_GL, ROOM, room_truth
 from da3_nerfstudio.errors import InputError
 from da3_nerfstudio.formats import ply as ply_module
 from da3_nerfstudio.formats.atomic import atomic_write
-from da3_nerfstudio.formats.colmap import read_colmap_model, write_colmap_model
+from da3_nerfstudio.formats.colmap import Observations, read_colmap_model, write_colmap_model
 from da3_nerfstudio.formats.ply import (
     SplatData,
     read_point_cloud_ply,
@@ -425,6 +425,27 @@ def _tiny_model(folder: Path, focal: float = 100.0) -> None:
     write_colmap_model(
         folder, np.eye(4)[None, :3], k[None], [(64, 48)], ["a.png"], np.array([[0.0, 0, 2]]), np.zeros((1, 3))
     )
+
+
+@pytest.mark.parametrize(
+    "observations, needle",
+    [
+        ([[(0, (1.0, 2.0))]], "one entry per point (2), got 1"),
+        ([[(0, (1.0, 2.0))], [(3, (1.0, 2.0))]], "point 1 is observed by image 3, but there are 1"),
+        ([[(-1, (1.0, 2.0))], []], "point 0 is observed by image -1"),
+        (Observations(np.array([0, 5]), np.array([0, 0]), np.zeros((2, 2))), "refer to the 2 points"),
+    ],
+)
+def test_colmap_writer_refuses_observations_that_do_not_fit(observations: object, needle: str, tmp_path: Path) -> None:
+    """Sightings of missing points or images are refused before anything is written."""
+    k = np.array([[100.0, 0, 32.0], [0, 100.0, 24.0], [0, 0, 1]])
+    points = np.array([[0.0, 0, 2], [0.1, 0, 2]])
+    folder = tmp_path / "model"
+    with pytest.raises(ValueError) as info:
+        write_colmap_model(folder, np.eye(4)[None, :3], k[None], [(64, 48)], ["a.png"], points, np.zeros((2, 3)),
+                           observations)  # fmt: skip
+    assert needle in str(info.value)
+    assert not folder.exists()
 
 
 def test_colmap_writer_keeps_unrelated_files_and_replaces_stale_text_model(tmp_path: Path) -> None:

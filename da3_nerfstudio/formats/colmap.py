@@ -187,6 +187,10 @@ def write_colmap_model(
     files of a previous model (``cameras.txt``...) are removed after the move, because readers that
     prefer text (nerfstudio's colmap dataparser among them) would otherwise read the old model.
     """
+    if observations is not None and not isinstance(observations, Observations):
+        if len(observations) != len(points):
+            raise ValueError(f"observations must have one entry per point ({len(points)}), got {len(observations)}")
+        observations = Observations.from_tracks(observations)
     rec = _build_reconstruction(
         np.asarray(w2c, np.float64),
         np.asarray(intrinsics, np.float64),
@@ -194,9 +198,8 @@ def write_colmap_model(
         image_names,
         np.asarray(points, np.float64),
         np.asarray(colors, np.uint8),
-        observations if observations is None or isinstance(observations, Observations)
-        else Observations.from_tracks(observations),
-    )  # fmt: skip
+        observations,
+    )
     folder = Path(folder)
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
