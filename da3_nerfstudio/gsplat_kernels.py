@@ -174,6 +174,13 @@ def load_kernels() -> str | None:
     return None
 
 
+def plan_rasterizer(setting: Setting, device_type: str, probe: Callable[[], KernelState] = probe_kernels) -> Choice:
+    """The choice for ``setting`` on ``device_type`` from what the kernels' state is before loading them (the
+    probe runs only where gsplat could be used); raises InputError for ``gsplat`` when it cannot run."""
+    kernels: KernelState = probe() if device_type == "cuda" and setting != "torch" else "absent"
+    return choose_rasterizer(setting, device_type, kernels)
+
+
 def select_rasterizer(
     setting: Setting,
     device_type: str,
@@ -186,8 +193,7 @@ def select_rasterizer(
     Every decision is printed through ``announce`` as one line; raises InputError for ``gsplat`` when it
     cannot run.
     """
-    kernels: KernelState = probe() if device_type == "cuda" and setting != "torch" else "absent"
-    choice = choose_rasterizer(setting, device_type, kernels)
+    choice = plan_rasterizer(setting, device_type, probe)
     if choice.rasterizer == "torch":
         announce(choice.message)
         return "torch"

@@ -18,7 +18,7 @@ import torch
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 
 from da3_nerfstudio.errors import DA3Error, InputError
-from da3_nerfstudio.gsplat_kernels import choose_rasterizer, probe_kernels
+from da3_nerfstudio.gsplat_kernels import plan_rasterizer
 
 
 class TrainingDiverged(DA3Error):
@@ -48,8 +48,7 @@ class DA3TrainerConfig(TrainerConfig):
         """Raise :class:`InputError` (one line) for a dataset training would fail on or train into NaN, or a
         demanded rasterizer that cannot run here (known without loading gsplat's kernels)."""
         if getattr(self.pipeline.model, "rasterizer", None) == "gsplat":
-            device = self.machine.device_type
-            choose_rasterizer("gsplat", device, probe_kernels() if device == "cuda" else "absent")
+            plan_rasterizer("gsplat", self.machine.device_type)
         datamanager = self.pipeline.datamanager
         parser_config = datamanager.dataparser
         data = datamanager.data or parser_config.data
