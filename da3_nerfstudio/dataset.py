@@ -60,6 +60,8 @@ from da3_nerfstudio.splat_init import splats_from_depth, splats_from_gaussian_he
 
 #: nerfstudio-data looks for images_2, images_4, ... while the image's longest side exceeds this.
 MAX_AUTO_RESOLUTION = 1600
+#: Views written at a time by the stages that encode pictures (PNG/JPEG encoding releases the GIL).
+WRITE_THREADS = min(8, os.cpu_count() or 1)
 
 Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``, called as each stage advances."""
@@ -286,7 +288,7 @@ def _make_folders(b: _Build) -> None:
 
 def _write_images(b: _Build) -> None:
     """images/ and images_N/, several views at a time (decoding and encoding release the GIL)."""
-    with _timed(b.timings, "images"), ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+    with _timed(b.timings, "images"), ThreadPoolExecutor(max_workers=WRITE_THREADS) as pool:
         jobs = [pool.submit(_write_image, b.pred, i, v, b.stage, b.factors) for i, v in enumerate(b.views)]
         for done, job in enumerate(jobs, 1):
             job.result()
@@ -443,7 +445,7 @@ def _write_predictions_and_previews(b: _Build, cloud: SparsePoints) -> None:
     with _timed(b.timings, "previews"):
         write_previews(
             b.pred, cloud.points, cloud.colours, b.stage / "da3" / "preview",
-            lambda done, total: b.advance("previews", done, total),
+            lambda done, total: b.advance("previews", done, total), threads=WRITE_THREADS,
         )  # fmt: skip
 
 

@@ -7,7 +7,6 @@ trains on the dataset. Nothing reads these files back.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,9 +26,11 @@ def write_previews(
     colours: np.ndarray,
     folder: Path,
     progress: Callable[[int, int], None] | None = None,
+    *,
+    threads: int = 1,
 ) -> None:
-    """Depth and confidence pictures of every view and the top view into ``folder``; ``progress(done, total)``
-    after each view."""
+    """Depth and confidence pictures of every view and the top view into ``folder``, ``threads`` views at a
+    time (PNG encoding and most of the colouring release the GIL); ``progress(done, total)`` after each view."""
     folder.mkdir(parents=True, exist_ok=True)
     valid = pred.valid_mask(0.0)
 
@@ -44,8 +45,7 @@ def write_previews(
                 _colourise(pred.conf[i], np.isfinite(pred.conf[i]), cv2.COLORMAP_VIRIDIS),
             )
 
-    # Several views at a time: PNG encoding and most of the colouring release the GIL.
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         for done, _ in enumerate(pool.map(write_view, range(len(pred))), 1):
             if progress is not None:
                 progress(done, len(pred))

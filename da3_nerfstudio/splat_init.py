@@ -232,7 +232,7 @@ def splats_from_depth(
                 ks[v],
                 scale_mult * stride,
                 thickness,
-            )  # fmt: skip
+            )
         )
     merged = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
     opacities = np.clip(merged["opacities"], _OPACITY_EPS, 1 - _OPACITY_EPS)

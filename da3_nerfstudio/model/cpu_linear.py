@@ -41,9 +41,7 @@ def _use_onednn(x: Tensor, weight: Tensor) -> bool:
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None, gelu: bool = False) -> Tensor:
     """``F.linear`` (then exact, erf GELU when ``gelu``) with oneDNN's float32 CPU matmul at inference."""
     if _use_onednn(x, weight):
-        flat = x.reshape(-1, x.shape[-1])
-        if not flat.is_contiguous():
-            flat = flat.contiguous()
+        flat = x.reshape(-1, x.shape[-1]).contiguous()
         if gelu:
             out = torch.ops.mkldnn._linear_pointwise(flat, weight, bias, "gelu", [], "none")
         else:
